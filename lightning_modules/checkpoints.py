@@ -1,0 +1,112 @@
+"""dcvic model files: one self-describing ``torch.save`` dict that the codec, evaluation and training load.
+
+Layout (``FORMAT = "dcvic-model"``)::
+
+    {"format": "dcvic-model", "version": 1,
+     "architecture": {build_dcvic keyword arguments},
+     "state_dict": {...},                      # DCVIC.state_dict(), vq_model included
+     "discriminator": {...} | None,            # BetaConditionedPatchGAN.state_dict()
+     "quality_table": {"beta_rate": [...], "beta_vq": [...]},
+     "source": "free text: where the weights came from"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .networks.dcvic import DCVIC, build_dcvic
+from .networks.discriminator import BetaConditionedPatchGAN
+
+FORMAT = "dcvic-model"
+VERSION = 1
+RELEASED_QUALITY_TABLE = {"beta_rate": [2.29, 1.51, 1.12, 0.62, 0.16], "beta_vq": [3.0, 2.25, 2.0, 1.5, 1.0]}
+DCVIC_DOWNLOAD_HINT = (
+    "convert the authors' release (dc_vic_patchgan.pth.tar or dc_vic_oasis.pth.tar, linked from the README of "
+    "github.com/iwa-shi/DC_VIC) with `python entrypoints/convert_checkpoint.py --comp-model FILE --out OUT.pt`, "
+    "or train one with `python entrypoints/train.py`"
+)
+
+
+@dataclass
+class ModelFile:
+    architecture: dict[str, Any]
+    state_dict: dict[str, Tensor]
+    quality_table: dict[str, list[float]] = field(default_factory=lambda: dict(RELEASED_QUALITY_TABLE))
+    discriminator: dict[str, Tensor] | None = None
+    source: str = ""
+
+    def build_model(self) -> DCVIC:
+        model = build_dcvic(**self.architecture)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model
+
+    def build_discriminator(self) -> BetaConditionedPatchGAN:
+        if self.discriminator is None:
+            raise ValueError("this model file holds no discriminator weights")
+        disc = BetaConditionedPatchGAN()
+        disc.load_state_dict(self.discriminator, strict=True)
+        return disc
+
+    def fingerprint(self) -> bytes:
+        """16-byte SHA-256 prefix over the learned weights: bitstreams carry it to refuse foreign models."""
+        return weights_fingerprint(self.state_dict)
+
+
+def weights_fingerprint(state_dict: dict[str, Tensor]) -> bytes:
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        if value.is_floating_point() and value.numel() and not key.startswith("entropy_model_y."):
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.digest()[:16]
+
+
+def save_model_file(path: str | Path, model_file: ModelFile) -> Path:
+    """Atomic write: a crash never leaves a half-written model file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "architecture": model_file.architecture,
+            "state_dict": model_file.state_dict,
+            "discriminator": model_file.discriminator,
+            "quality_table": model_file.quality_table,
+            "source": model_file.source,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_model_file(path: str | Path) -> ModelFile:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DC-VIC model file not found: {path}. To get one: {DCVIC_DOWNLOAD_HINT}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        if data.get("version") != VERSION:
+            raise ValueError(f"{path}: model file version {data.get('version')} is not supported (want {VERSION})")
+        return ModelFile(
+            architecture=dict(data["architecture"]),
+            state_dict=data["state_dict"],
+            quality_table=dict(data["quality_table"]),
+            discriminator=data.get("discriminator"),
+            source=data.get("source", ""),
+        )
+    if isinstance(data, dict) and "comp_model" in data:
+        raise ValueError(f"{path} is an authors' DC-VIC checkpoint; convert it first: {DCVIC_DOWNLOAD_HINT}")
+    raise ValueError(f"{path} is not a dcvic model file (no format '{FORMAT}'). {DCVIC_DOWNLOAD_HINT}")

@@ -1,0 +1,317 @@
+"""The DC-VIC compression model: composition of the sub-networks and the forward data flow (spec §1.2).
+
+::
+
+    x ─VQGAN enc (frozen, no grad)─> indices, latent ─feat=[latent, onehot]─┐
+    x ──────────────────────────────────────────────── encoder(x, feat, β) ─> y
+    y ─hyperencoder─> z ─EB─> ẑ ─hyperdecoder─> [μ_h, σ_h] ─ChARM(y)─> ŷ, L_y
+    ŷ ─decoder(β)─> t, {F_8, F_4, F_2}
+    t ─VQ estimator─> ê, logits ─argmax─> î ─codebook─post_quant_conv─> q
+    q ─VQGAN decoder ⊕ SFT(F_8, F_4, F_2)─> x̂
+
+In eval mode the image is reflect-padded (bottom/right) to a multiple of 64 and the output cropped and
+clamped; rates are divided by the *unpadded* pixel count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .conditioning import BetaLike
+from .context_model import ChannelContextModel
+from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
+from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
+from .fusion import VqDecoderFusion
+from .hyperprior import HyperDecoder, HyperEncoder
+from .vq_estimator import SwinVqEstimator
+from .vqgan import FrozenVQGAN, VQEncoding, load_vqgan
+
+
+def bits(likelihoods: Tensor) -> Tensor:
+    return torch.log(likelihoods).sum() / -math.log(2)
+
+
+def bits_per_sample(likelihoods: Tensor) -> Tensor:
+    return torch.log(likelihoods).flatten(1).sum(1) / -math.log(2)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad bottom/right to a multiple; reflect like the reference, replicate where reflect is impossible."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+@dataclass
+class EntropyOutput:
+    """Hyperprior + ChARM results; ``likelihoods`` are noisy in training, ``q_likelihoods`` always quantised."""
+
+    z: Tensor
+    z_hat: Tensor
+    y_hat: Tensor
+    hyper_out: Tensor
+    means: Tensor
+    scales: Tensor
+    likelihoods: dict[str, Tensor]
+    q_likelihoods: dict[str, Tensor]
+
+
+@dataclass
+class SynthesisOutput:
+    x_hat: Tensor
+    out_vq_latent: Tensor
+    vq_logits: Tensor
+    pred_vq_indices: Tensor
+    features: DecoderFeatures | None = field(default=None, repr=False)
+
+
+@dataclass
+class DCVICOutput:
+    x_hat: Tensor
+    y: Tensor
+    y_hat: Tensor
+    entropy: EntropyOutput
+    vq: VQEncoding
+    synthesis: SynthesisOutput
+    num_pixels: int
+
+    @property
+    def likelihoods(self) -> dict[str, Tensor]:
+        return self.entropy.likelihoods
+
+    def bpp(self) -> Tensor:
+        """Estimated bits per (unpadded) pixel over the batch."""
+        return (bits(self.likelihoods["y"]) + bits(self.likelihoods["z"])) / self.num_pixels
+
+    def qbpp(self) -> Tensor:
+        q = self.entropy.q_likelihoods
+        return (bits(q["y"]) + bits(q["z"])) / self.num_pixels
+
+    def bpp_per_sample(self) -> Tensor:
+        """(N,) bits of each sample divided by its own pixel count (stage 1_2's weighted rate loss)."""
+        n = self.x_hat.shape[0]
+        return (bits_per_sample(self.likelihoods["y"]) + bits_per_sample(self.likelihoods["z"])) / (
+            self.num_pixels / n
+        )
+
+    def vq_accuracy(self) -> Tensor:
+        return (self.synthesis.pred_vq_indices == self.vq.indices).float().mean()
+
+
+class DCVIC(nn.Module):
+    """Dual-conditioned VQGAN-based image codec (or the stage-1_1 unconditioned variant)."""
+
+    def __init__(
+        self,
+        encoder: ElicVqEncoder,
+        decoder: ElicFeatureDecoder,
+        hyperencoder: HyperEncoder,
+        hyperdecoder: HyperDecoder,
+        context_model: ChannelContextModel,
+        entropy_model_z: SteEntropyBottleneck,
+        entropy_model_y: SteGaussianConditional,
+        vq_estimator: SwinVqEstimator,
+        vq_model: FrozenVQGAN,
+        fusion_module: VqDecoderFusion,
+        pad_multiple: int = 64,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.hyperencoder = hyperencoder
+        self.hyperdecoder = hyperdecoder
+        self.entropy_model_z = entropy_model_z
+        self.entropy_model_y = entropy_model_y
+        self.context_model = context_model
+        self.vq_estimator = vq_estimator
+        self.vq_model = vq_model
+        self.fusion_module = fusion_module
+        self.pad_multiple = pad_multiple
+
+    @property
+    def dual_conditioned(self) -> bool:
+        return self.encoder.dual_conditioned
+
+    # --- stages, each callable on its own (teacher forcing, codec, training) ---
+
+    @torch.no_grad()
+    def vq_encode(self, x: Tensor, vq_indices: Tensor | None = None) -> VQEncoding:
+        """VQGAN tokens of ``x``; cached ``vq_indices`` skip the VQGAN encoder (stage-2 validation sets)."""
+        if vq_indices is not None:
+            indices = vq_indices.to(x.device).long()
+            return VQEncoding(h=None, indices=indices, latent=self.vq_model.indices_to_latent(indices))
+        return self.vq_model.encode(x)
+
+    def vq_features(self, vq: VQEncoding) -> Tensor:
+        """``[latent (4), one-hot indices (256)]`` at 1/8, detached."""
+        onehot = F.one_hot(vq.indices.long(), self.vq_model.n_embed).permute(0, 3, 1, 2)
+        return torch.cat([vq.latent, onehot.to(vq.latent.dtype)], dim=1).detach()
+
+    def analysis(self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> Tensor:
+        return self.encoder(x, self.vq_features(vq), beta_rate, beta_vq)  # (N, 192, H/16, W/16)
+
+    def entropy(self, y: Tensor, training: bool | None = None) -> EntropyOutput:
+        training = self.training if training is None else training
+        z = self.hyperencoder(y)
+        z_hat, z_likelihood = self.entropy_model_z(z, training=training)
+        hyper_out = self.hyperdecoder(z_hat)
+        y_likelihoods: list[Tensor] = []
+        y_q_likelihoods: list[Tensor] = []
+
+        def quantize_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            y_k = self.context_model.slice_of(y, k)
+            y_hat_k, likelihood = self.entropy_model_y(y_k, sigma, mu, training=training)
+            y_likelihoods.append(likelihood)
+            if training:
+                with torch.no_grad():
+                    likelihood = self.entropy_model_y.quantized_likelihood(y_k, sigma, mu)
+            y_q_likelihoods.append(likelihood)
+            return y_hat_k
+
+        ctx = self.context_model.run(hyper_out, quantize_slice)
+        z_q_likelihood = z_likelihood
+        if training:
+            with torch.no_grad():
+                _, z_q_likelihood = self.entropy_model_z(z, training=False)
+        return EntropyOutput(
+            z=z,
+            z_hat=z_hat,
+            y_hat=ctx.y_hat,
+            hyper_out=hyper_out,
+            means=ctx.means,
+            scales=ctx.scales,
+            likelihoods={"y": torch.cat(y_likelihoods, 1), "z": z_likelihood},
+            q_likelihoods={"y": torch.cat(y_q_likelihoods, 1), "z": z_q_likelihood},
+        )
+
+    def synthesis(
+        self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None, fusion_w: float = 1.0
+    ) -> SynthesisOutput:
+        features = self.decoder(y_hat, beta_rate, beta_vq)
+        out_vq_latent, logits = self.vq_estimator(features.t)
+        pred = logits.argmax(dim=1)  # (N, h, w); hard decision, no gradient path
+        q = self.vq_model.post_quant_conv(self.vq_model.indices_to_latent(pred))
+        x_hat = self.fusion_module(q, features.fusion, self.vq_model.decoder, w=fusion_w)
+        return SynthesisOutput(x_hat, out_vq_latent, logits, pred, features)
+
+    # --- full model ---
+
+    def forward(
+        self,
+        x: Tensor,
+        beta_rate: BetaLike | None = None,
+        beta_vq: BetaLike | None = None,
+        vq_indices: Tensor | None = None,
+        fix_entropy_models: bool = False,
+    ) -> DCVICOutput:
+        """Training (``self.training``): raw crops, noisy likelihoods, STE. Eval: pad, round, crop, clamp.
+
+        ``fix_entropy_models`` (GAN stages) runs encoder and entropy model without gradients but in training
+        quantisation mode, exactly like the reference.
+        """
+        n, _, h, w = x.shape
+        training = self.training
+        x_in = x if training else pad_to_multiple(x, self.pad_multiple)
+        vq = self.vq_encode(x_in, vq_indices)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
+            y = self.analysis(x_in, vq, beta_rate, beta_vq)
+            entropy = self.entropy(y, training=training)
+        synthesis = self.synthesis(entropy.y_hat, beta_rate, beta_vq)
+        x_hat = synthesis.x_hat
+        if not training:
+            x_hat = x_hat[:, :, :h, :w].clamp(-1, 1)
+        return DCVICOutput(x_hat, y, entropy.y_hat, entropy, vq, synthesis, num_pixels=n * h * w)
+
+    # --- weights ---
+
+    def trainable_state_dict_keys(self) -> list[str]:
+        return [k for k in self.state_dict() if not k.startswith("vq_model.")]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+        load_entropy_tables(self.entropy_model_z, "entropy_model_z", state_dict)
+        load_entropy_tables(self.entropy_model_y, "entropy_model_y", state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+TINY_ARCHITECTURE: dict = dict(
+    main_ch=64,
+    block_mid_ch=32,
+    cond_ch=32,
+    hyper_enc_ch=(64, 64),
+    hyper_dec_ch=(64, 64),
+    hyper_out_ch=32,
+    z_ch=64,
+    num_slices=4,
+    slice_hidden_ch=(64, 32),
+    vq_estimator_ch=32,
+    num_swin_blocks=1,
+    swin_depth=2,
+    num_heads=2,
+    vqgan_ch=32,
+    vqgan_ch_mult=(1, 1, 2, 2),
+    vqgan_num_res_blocks=1,
+)
+"""A 5.9 M-parameter configuration with the full data flow, for tests and CPU demos (conf/network/tiny.yaml)."""
+
+
+def build_dcvic(
+    dual_conditioned: bool = True,
+    main_ch: int = 192,
+    block_mid_ch: int = 96,
+    cond_ch: int = 128,
+    hyper_enc_ch: tuple[int, int] = (320, 256),
+    hyper_dec_ch: tuple[int, int] = (192, 256),
+    hyper_out_ch: int = 128,
+    z_ch: int = 192,
+    num_slices: int = 6,
+    max_support: int = 4,
+    slice_hidden_ch: tuple[int, int] = (224, 128),
+    vq_estimator_ch: int = 128,
+    num_swin_blocks: int = 3,
+    swin_depth: int = 3,
+    num_heads: int = 8,
+    window_size: int = 8,
+    vqgan_ch: int = 128,
+    vqgan_ch_mult: tuple[int, ...] = (1, 2, 2, 4),
+    vqgan_num_res_blocks: int = 2,
+    vqgan_attn_resolutions: tuple[int, ...] = (32,),
+    n_embed: int = 256,
+    embed_dim: int = 4,
+    vqgan_checkpoint: str | None = None,
+) -> DCVIC:
+    """Wire the sub-networks; defaults are the released architecture (84.0 M trainable + 67.7 M VQGAN).
+
+    ``vqgan_checkpoint`` loads the frozen VQGAN strictly from a taming file; ``None`` leaves random weights
+    (for tests, or when a DC-VIC checkpoint that contains ``vq_model.*`` is loaded next).
+    """
+    vqgan_arch = dict(
+        ch=vqgan_ch,
+        ch_mult=tuple(vqgan_ch_mult),
+        num_res_blocks=vqgan_num_res_blocks,
+        attn_resolutions=tuple(vqgan_attn_resolutions),
+        n_embed=n_embed,
+        embed_dim=embed_dim,
+    )
+    vq_model = load_vqgan(vqgan_checkpoint, **vqgan_arch) if vqgan_checkpoint else FrozenVQGAN(**vqgan_arch)
+    return DCVIC(
+        encoder=ElicVqEncoder(3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned),
+        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned),
+        hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
+        hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
+        context_model=ChannelContextModel(main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)),
+        entropy_model_z=SteEntropyBottleneck(z_ch),
+        entropy_model_y=SteGaussianConditional(),
+        vq_estimator=SwinVqEstimator(
+            main_ch, vq_estimator_ch, n_embed, embed_dim, num_swin_blocks, swin_depth, num_heads, window_size
+        ),
+        vq_model=vq_model,
+        fusion_module=VqDecoderFusion(main_ch, vqgan_ch, tuple(vqgan_ch_mult)),
+    )

@@ -1,0 +1,137 @@
+"""The frozen, pre-trained VQGAN (taming "vq-f8-n256"), built from taming's own modules (spec §3.9).
+
+Frozen in one place: :class:`FrozenVQGAN` sets ``requires_grad_(False)`` and keeps itself in eval mode
+through any ``.train()`` call. Gradients still flow *through* its decoder into the fusion blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import VectorQuantizer2
+from torch import Tensor, nn
+
+VQGAN_DOWNLOAD_HINT = (
+    "download the latent-diffusion 'vq-f8-n256' first-stage model (VQGAN OpenImages f=8, 256 codes), "
+    "e.g. https://ommer-lab.com/files/latent-diffusion/vq-f8-n256.zip, unzip it and pass the path of "
+    "'model.ckpt' (the file is a taming/Lightning checkpoint holding {'state_dict': ...})"
+)
+
+
+@dataclass
+class VQEncoding:
+    """``h`` = pre-quantisation latent, ``indices`` (N, h, w) int64, ``latent`` = codebook vectors (N, 4, h, w)."""
+
+    h: Tensor | None
+    indices: Tensor
+    latent: Tensor
+
+
+class FrozenVQGAN(nn.Module):
+    """Taming ``Encoder`` + ``VectorQuantizer2`` + ``Decoder`` with taming's state-dict names."""
+
+    def __init__(
+        self,
+        ch: int = 128,
+        ch_mult: tuple[int, ...] = (1, 2, 2, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (32,),
+        resolution: int = 256,
+        z_channels: int = 4,
+        embed_dim: int = 4,
+        n_embed: int = 256,
+    ) -> None:
+        super().__init__()
+        ddconfig = dict(
+            ch=ch,
+            out_ch=3,
+            ch_mult=tuple(ch_mult),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=list(attn_resolutions),
+            dropout=0.0,
+            in_channels=3,
+            resolution=resolution,
+            z_channels=z_channels,
+            double_z=False,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
+            self.encoder = Encoder(**ddconfig)
+            self.decoder = Decoder(**ddconfig)
+        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, legacy=True, sane_index_shape=True)
+        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.ch = ch
+        self.ch_mult = tuple(ch_mult)
+        self.n_embed = n_embed
+        self.embed_dim = embed_dim
+        self.freeze()
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def level_channels(self, level: int) -> int:
+        return self.ch * self.ch_mult[level]
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenVQGAN:
+        """Stays in eval mode whatever the parent asks: it is a fixed, pre-trained tokenizer."""
+        return super().train(False)
+
+    def encode_pre_quant(self, x: Tensor) -> Tensor:
+        return self.quant_conv(self.encoder(x))  # (N, 4, H/8, W/8)
+
+    def quantize_latent(self, h: Tensor) -> VQEncoding:
+        z_q, _, (_, _, indices) = self.quantize(h)
+        return VQEncoding(h=h, indices=indices, latent=z_q)
+
+    def indices_to_latent(self, indices: Tensor) -> Tensor:
+        """Codebook vectors for (N, h, w) indices, as (N, embed_dim, h, w)."""
+        return self.quantize.embedding(indices.long()).permute(0, 3, 1, 2).contiguous()
+
+    def encode(self, x: Tensor) -> VQEncoding:
+        return self.quantize_latent(self.encode_pre_quant(x))
+
+    def decode(self, latent: Tensor) -> Tensor:
+        return self.decoder(self.post_quant_conv(latent))
+
+
+def read_taming_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """``ckpt['state_dict']`` of a taming/Lightning VQGAN checkpoint, without the ``loss.*`` entries."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VQGAN checkpoint not found: {path}. To get it: {VQGAN_DOWNLOAD_HINT}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning files from 2021 pickle callback objects; they hold no code we execute.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any reader error means the file is not a checkpoint
+        raise ValueError(f"VQGAN checkpoint {path} is unreadable ({exc}). {VQGAN_DOWNLOAD_HINT}") from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a taming VQGAN checkpoint (no 'state_dict' dict). {VQGAN_DOWNLOAD_HINT}")
+    return {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")}
+
+
+def load_vqgan(path: str | Path, **arch) -> FrozenVQGAN:
+    """Build a :class:`FrozenVQGAN` and load it strictly from a taming checkpoint file."""
+    model = FrozenVQGAN(**arch)
+    state = read_taming_state_dict(path)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"VQGAN checkpoint {path} does not match the configured architecture: "
+            f"missing {result.missing_keys[:5]}… ({len(result.missing_keys)}), "
+            f"unexpected {result.unexpected_keys[:5]}… ({len(result.unexpected_keys)}). {VQGAN_DOWNLOAD_HINT}"
+        )
+    model.freeze()
+    return model
