@@ -1,6 +1,6 @@
 """Convert the authors' DC-VIC checkpoint (and optionally its discriminator) into a dcvic model file.
 
-    python entrypoints/convert_checkpoint.py --comp-model dc_vic_patchgan.pth.tar --out dcvic_patchgan.pt
+python entrypoints/convert_checkpoint.py --comp-model dc_vic_patchgan.pth.tar --out dcvic_patchgan.pt
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from lightning_modules.checkpoints import RELEASED_QUALITY_TABLE, save_model_fil
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--comp-model", required=True, help="authors' file holding {'iter', 'comp_model'}")
     parser.add_argument("--discriminator", help="authors' file holding {'iter', 'discriminator'} (optional)")
     parser.add_argument("--out", required=True, help="dcvic model file to write")

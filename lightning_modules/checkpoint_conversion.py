@@ -133,7 +133,9 @@ def convert_authors_checkpoint(
     disc_state = None
     if discriminator_path is not None:
         disc = BetaConditionedPatchGAN()
-        disc_state, _ = convert_state_dict(read_authors_file(discriminator_path, "discriminator"), disc.state_dict())
+        disc_state, _ = convert_state_dict(
+            read_authors_file(discriminator_path, "discriminator"), disc.state_dict()
+        )
         disc.load_state_dict(disc_state, strict=True)
     return (
         ModelFile(

@@ -99,7 +99,9 @@ def load_model_file(path: str | Path) -> ModelFile:
         raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from exc
     if isinstance(data, dict) and data.get("format") == FORMAT:
         if data.get("version") != VERSION:
-            raise ValueError(f"{path}: model file version {data.get('version')} is not supported (want {VERSION})")
+            raise ValueError(
+                f"{path}: model file version {data.get('version')} is not supported (want {VERSION})"
+            )
         return ModelFile(
             architecture=dict(data["architecture"]),
             state_dict=data["state_dict"],

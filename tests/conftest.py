@@ -35,7 +35,9 @@ def authors_checkpoints(golden: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def golden_model_file(authors_checkpoints: dict[str, Path]):
-    model_file, _ = convert_authors_checkpoint(authors_checkpoints["comp_model"], authors_checkpoints["discriminator"])
+    model_file, _ = convert_authors_checkpoint(
+        authors_checkpoints["comp_model"], authors_checkpoints["discriminator"]
+    )
     return model_file
 
 

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conditioning import BetaLike
-from .context_model import ChannelContextModel
+from .context_model import ChannelContextModel, ContextOutput
 from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
 from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
 from .fusion import VqDecoderFusion
 from .hyperprior import HyperDecoder, HyperEncoder
+from .tiling import VQ_STRIDE, VQ_TILE, Y_STRIDE, Y_TILE, needs_tiling, tiled_apply
 from .vq_estimator import SwinVqEstimator
 from .vqgan import FrozenVQGAN, VQEncoding, load_vqgan
 
@@ -144,10 +145,16 @@ class DCVIC(nn.Module):
 
     @torch.no_grad()
     def vq_encode(self, x: Tensor, vq_indices: Tensor | None = None) -> VQEncoding:
-        """VQGAN tokens of ``x``; cached ``vq_indices`` skip the VQGAN encoder (stage-2 validation sets)."""
+        """VQGAN tokens of ``x``; cached ``vq_indices`` skip the VQGAN encoder (stage-2 validation sets).
+
+        Above 1024 px the pre-quantisation latent is assembled from 512² tiles and quantised once (§6.6a).
+        """
         if vq_indices is not None:
             indices = vq_indices.to(x.device).long()
             return VQEncoding(h=None, indices=indices, latent=self.vq_model.indices_to_latent(indices))
+        if needs_tiling(*x.shape[-2:]):
+            (h,) = tiled_apply(x, lambda tile: (self.vq_model.encode_pre_quant(tile),), VQ_TILE, VQ_STRIDE)
+            return self.vq_model.quantize_latent(h)
         return self.vq_model.encode(x)
 
     def vq_features(self, vq: VQEncoding) -> Tensor:
@@ -155,32 +162,21 @@ class DCVIC(nn.Module):
         onehot = F.one_hot(vq.indices.long(), self.vq_model.n_embed).permute(0, 3, 1, 2)
         return torch.cat([vq.latent, onehot.to(vq.latent.dtype)], dim=1).detach()
 
-    def analysis(self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> Tensor:
+    def analysis(
+        self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None
+    ) -> Tensor:
         return self.encoder(x, self.vq_features(vq), beta_rate, beta_vq)  # (N, 192, H/16, W/16)
 
     def entropy(self, y: Tensor, training: bool | None = None) -> EntropyOutput:
         training = self.training if training is None else training
         z = self.hyperencoder(y)
         z_hat, z_likelihood = self.entropy_model_z(z, training=training)
-        hyper_out = self.hyperdecoder(z_hat)
-        y_likelihoods: list[Tensor] = []
-        y_q_likelihoods: list[Tensor] = []
-
-        def quantize_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            y_k = self.context_model.slice_of(y, k)
-            y_hat_k, likelihood = self.entropy_model_y(y_k, sigma, mu, training=training)
-            y_likelihoods.append(likelihood)
-            if training:
-                with torch.no_grad():
-                    likelihood = self.entropy_model_y.quantized_likelihood(y_k, sigma, mu)
-            y_q_likelihoods.append(likelihood)
-            return y_hat_k
-
-        ctx = self.context_model.run(hyper_out, quantize_slice)
         z_q_likelihood = z_likelihood
         if training:
             with torch.no_grad():
                 _, z_q_likelihood = self.entropy_model_z(z, training=False)
+        hyper_out = self.hyperdecoder(z_hat)
+        ctx, y_likelihood, y_q_likelihood = self.context(y, hyper_out, training)
         return EntropyOutput(
             z=z,
             z_hat=z_hat,
@@ -188,9 +184,27 @@ class DCVIC(nn.Module):
             hyper_out=hyper_out,
             means=ctx.means,
             scales=ctx.scales,
-            likelihoods={"y": torch.cat(y_likelihoods, 1), "z": z_likelihood},
-            q_likelihoods={"y": torch.cat(y_q_likelihoods, 1), "z": z_q_likelihood},
+            likelihoods={"y": y_likelihood, "z": z_likelihood},
+            q_likelihoods={"y": y_q_likelihood, "z": z_q_likelihood},
         )
+
+    def context(self, y: Tensor, hyper_out: Tensor, training: bool) -> tuple[ContextOutput, Tensor, Tensor]:
+        """ChARM over ``y`` given the hyper-synthesis output: ``(ŷ and parameters, L_y, quantised L_y)``."""
+        likelihoods: list[Tensor] = []
+        q_likelihoods: list[Tensor] = []
+
+        def quantize_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            y_k = self.context_model.slice_of(y, k)
+            y_hat_k, likelihood = self.entropy_model_y(y_k, sigma, mu, training=training)
+            likelihoods.append(likelihood)
+            if training:
+                with torch.no_grad():
+                    likelihood = self.entropy_model_y.quantized_likelihood(y_k, sigma, mu)
+            q_likelihoods.append(likelihood)
+            return y_hat_k
+
+        ctx = self.context_model.run(hyper_out, quantize_slice)
+        return ctx, torch.cat(likelihoods, 1), torch.cat(q_likelihoods, 1)
 
     def synthesis(
         self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None, fusion_w: float = 1.0
@@ -201,6 +215,17 @@ class DCVIC(nn.Module):
         q = self.vq_model.post_quant_conv(self.vq_model.indices_to_latent(pred))
         x_hat = self.fusion_module(q, features.fusion, self.vq_model.decoder, w=fusion_w)
         return SynthesisOutput(x_hat, out_vq_latent, logits, pred, features)
+
+    def tiled_synthesis(
+        self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None
+    ) -> SynthesisOutput:
+        """:meth:`synthesis` on 32×32 ``ŷ`` tiles, stitched (§6.6b); decoder features are not kept."""
+
+        def decode_tile(y_tile: Tensor) -> tuple[Tensor, ...]:
+            out = self.synthesis(y_tile, beta_rate, beta_vq)
+            return out.x_hat, out.out_vq_latent, out.vq_logits, out.pred_vq_indices
+
+        return SynthesisOutput(*tiled_apply(y_hat, decode_tile, Y_TILE, Y_STRIDE))
 
     # --- full model ---
 
@@ -224,7 +249,10 @@ class DCVIC(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
             y = self.analysis(x_in, vq, beta_rate, beta_vq)
             entropy = self.entropy(y, training=training)
-        synthesis = self.synthesis(entropy.y_hat, beta_rate, beta_vq)
+        if not training and needs_tiling(*x_in.shape[-2:]):
+            synthesis = self.tiled_synthesis(entropy.y_hat, beta_rate, beta_vq)
+        else:
+            synthesis = self.synthesis(entropy.y_hat, beta_rate, beta_vq)
         x_hat = synthesis.x_hat
         if not training:
             x_hat = x_hat[:, :, :h, :w].clamp(-1, 1)
@@ -302,11 +330,15 @@ def build_dcvic(
     )
     vq_model = load_vqgan(vqgan_checkpoint, **vqgan_arch) if vqgan_checkpoint else FrozenVQGAN(**vqgan_arch)
     return DCVIC(
-        encoder=ElicVqEncoder(3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned),
+        encoder=ElicVqEncoder(
+            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned
+        ),
         decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned),
         hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
         hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
-        context_model=ChannelContextModel(main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)),
+        context_model=ChannelContextModel(
+            main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)
+        ),
         entropy_model_z=SteEntropyBottleneck(z_ch),
         entropy_model_y=SteGaussianConditional(),
         vq_estimator=SwinVqEstimator(

@@ -22,7 +22,11 @@ class BetaConditionedPatchGAN(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1), nn.Identity(), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1),
+                nn.Identity(),
+                nn.LeakyReLU(0.2, True),
+            ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)
         self.main.apply(weights_init)  # conv weights ~ N(0, 0.02), biases keep the PyTorch default

@@ -40,7 +40,9 @@ class ConditionResBlock(nn.Module):
 
 def modulation_head(mid_ch: int, dec_ch: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(mid_ch, dec_ch, 3, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(dec_ch, dec_ch, 3, padding=1)
+        nn.Conv2d(mid_ch, dec_ch, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(dec_ch, dec_ch, 3, padding=1),
     )
 
 
@@ -61,7 +63,9 @@ class VqDecoderFusion(nn.Module):
 
     level_keys = {3: "block_1_8", 2: "block_1_4", 1: "block_1_2"}
 
-    def __init__(self, cond_ch: int = 192, vq_ch: int = 128, vq_ch_mult: tuple[int, ...] = (1, 2, 2, 4)) -> None:
+    def __init__(
+        self, cond_ch: int = 192, vq_ch: int = 128, vq_ch_mult: tuple[int, ...] = (1, 2, 2, 4)
+    ) -> None:
         super().__init__()
         self.fusion_modules = nn.ModuleDict(
             {

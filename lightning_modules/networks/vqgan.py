@@ -118,7 +118,9 @@ def read_taming_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - any reader error means the file is not a checkpoint
         raise ValueError(f"VQGAN checkpoint {path} is unreadable ({exc}). {VQGAN_DOWNLOAD_HINT}") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a taming VQGAN checkpoint (no 'state_dict' dict). {VQGAN_DOWNLOAD_HINT}")
+        raise ValueError(
+            f"{path} is not a taming VQGAN checkpoint (no 'state_dict' dict). {VQGAN_DOWNLOAD_HINT}"
+        )
     return {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")}
 
 
@@ -126,12 +128,16 @@ def load_vqgan(path: str | Path, **arch) -> FrozenVQGAN:
     """Build a :class:`FrozenVQGAN` and load it strictly from a taming checkpoint file."""
     model = FrozenVQGAN(**arch)
     state = read_taming_state_dict(path)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
         raise ValueError(
             f"VQGAN checkpoint {path} does not match the configured architecture: "
-            f"missing {result.missing_keys[:5]}… ({len(result.missing_keys)}), "
-            f"unexpected {result.unexpected_keys[:5]}… ({len(result.unexpected_keys)}). {VQGAN_DOWNLOAD_HINT}"
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong)} with other shapes (e.g. {wrong[:3]}). {VQGAN_DOWNLOAD_HINT}"
         )
+    model.load_state_dict(state, strict=True)
     model.freeze()
     return model
