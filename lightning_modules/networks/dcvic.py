@@ -216,9 +216,7 @@ class DCVIC(nn.Module):
         x_hat = self.fusion_module(q, features.fusion, self.vq_model.decoder, w=fusion_w)
         return SynthesisOutput(x_hat, out_vq_latent, logits, pred, features)
 
-    def tiled_synthesis(
-        self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None
-    ) -> SynthesisOutput:
+    def tiled_synthesis(self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> SynthesisOutput:
         """:meth:`synthesis` on 32×32 ``ŷ`` tiles, stitched (§6.6b); decoder features are not kept."""
 
         def decode_tile(y_tile: Tensor) -> tuple[Tensor, ...]:

@@ -1,0 +1,87 @@
+"""How many model evaluations each rate-search method needs, on monotone toy bpp(beta_rate) curves.
+
+Two measurements, both at the reference tolerance (0.001 bpp) and 3-decimal beta_rate:
+
+* ``per_search``: each target searched on its own (no memo), mean/max evaluations over a grid of targets;
+* ``per_sweep``: the paper's 5 targets searched one after the other on the same curve with a shared memo
+  (as the stage-2 jobs do): distinct points the model had to evaluate.
+
+Run: ``python benchmarks/beta_search_evals.py`` -> ``benchmarks/results/beta_search_evals.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lightning_modules.beta_search import PAPER_TARGETS_BPP, SearchResult, bisect_search, illinois_search
+
+Curve = Callable[[float], float]
+
+TOY_CURVES: dict[str, Curve] = {
+    "exponential_paper_fit": lambda b: 0.163 * math.exp(-0.515 * b),
+    "linear": lambda b: 0.16 - 0.04 * b,
+    "logistic": lambda b: 0.04 + 0.12 / (1.0 + math.exp(3.0 * (b - 1.5))),
+    "plateau_1.0_to_1.4": lambda b: 0.163 * math.exp(-0.515 * (min(b, 1.0) + max(b - 1.4, 0.0))),
+}
+GRID_TARGETS = np.round(np.arange(0.045, 0.1551, 0.005), 4).tolist()
+SEARCHES: dict[str, Callable[..., SearchResult]] = {"bisect": bisect_search, "illinois": illinois_search}
+
+
+def mean_evaluations(search: Callable[..., SearchResult], curve: Curve, targets: list[float]) -> float:
+    return float(np.mean([search(curve, target_bpp=t).evaluations for t in targets]))
+
+
+def per_search(name: str, curve: Curve) -> dict:
+    out = {}
+    for method, search in SEARCHES.items():
+        results = [search(curve, target_bpp=t) for t in GRID_TARGETS]
+        out[method] = {
+            "mean_evaluations": float(np.mean([r.evaluations for r in results])),
+            "max_evaluations": max(r.evaluations for r in results),
+            "converged": sum(r.converged for r in results),
+        }
+    return out
+
+
+def per_sweep(curve: Curve) -> dict:
+    """Distinct evaluated points for the 5 paper targets sharing one memo (a dict here)."""
+    out = {}
+    for method, search in SEARCHES.items():
+        memo: dict[float, float] = {}
+
+        def memoised(beta_rate: float, memo: dict[float, float] = memo) -> float:
+            return memo.setdefault(beta_rate, curve(beta_rate))
+
+        for target in PAPER_TARGETS_BPP:
+            kwargs = {"known": dict(memo)} if method == "illinois" else {}
+            search(memoised, target_bpp=target, **kwargs)
+        out[method] = {"distinct_points": len(memo)}
+    return out
+
+
+def main() -> Path:
+    results = {
+        "tolerance_bpp": 0.001,
+        "beta_rate_bounds": [0.0, 3.0],
+        "grid_targets": GRID_TARGETS,
+        "per_search": {name: per_search(name, curve) for name, curve in TOY_CURVES.items()},
+        "per_sweep_paper_targets": {name: per_sweep(curve) for name, curve in TOY_CURVES.items()},
+    }
+    for method in SEARCHES:
+        results[f"overall_mean_evaluations_{method}"] = float(
+            np.mean([results["per_search"][name][method]["mean_evaluations"] for name in TOY_CURVES])
+        )
+    path = Path(__file__).parent / "results" / "beta_search_evals.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k.startswith("overall")}, indent=2))
+    return path
+
+
+if __name__ == "__main__":
+    main()

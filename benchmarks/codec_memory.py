@@ -1,0 +1,117 @@
+"""Peak memory and time of compress and decompress on a large photo (default 4000×3000) on the CPU.
+
+Each phase runs in its own child process, so each peak RSS (``ru_maxrss``) belongs to that phase alone; the
+RSS after building the model is recorded as well, to separate the weights from the working memory.
+
+    python benchmarks/codec_memory.py                          # full-size network, random weights
+    python benchmarks/codec_memory.py --architecture tiny      # the 5.9 M-parameter test network
+    python benchmarks/codec_memory.py --checkpoint dcvic.pt    # a real model file
+
+Writes ``benchmarks/results/codec_memory.json`` (or ``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lightning_modules.checkpoints import ModelFile, load_model_file, save_model_file  # noqa: E402
+from lightning_modules.codec import DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
+from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic  # noqa: E402
+
+ARCHITECTURES = {"full": {}, "tiny": TINY_ARCHITECTURE}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def large_photo(height: int, width: int) -> np.ndarray:
+    """scikit-image's astronaut, resized with Lanczos: real photo statistics at any size."""
+    return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def run_phase(phase: str, model_path: Path, work: Path, height: int, width: int, quality: int) -> dict:
+    """One phase in this process; prints nothing, returns its measurements."""
+    codec = DCVICCodec.from_model_file(load_model_file(model_path))
+    result: dict = {"rss_after_model_mib": peak_rss_mib()}
+    start = time.perf_counter()
+    if phase == "compress":
+        x = image_to_tensor(large_photo(height, width))
+        container, code = codec.compress(x, resolve_conditioning(codec.quality_table, quality))
+        data = container.to_bytes()
+        (work / "image.dcvic").write_bytes(data)
+        result.update(
+            bytes=len(data),
+            real_bpp=8 * len(data) / (height * width),
+            estimated_bpp=(code.estimated_z_bits + code.estimated_y_bits) / (height * width),
+        )
+    else:
+        x_hat = codec.decompress((work / "image.dcvic").read_bytes())
+        result["decoded_shape"] = list(x_hat.shape)
+    result.update(seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="full")
+    parser.add_argument("--checkpoint", help="a dcvic model file instead of random weights")
+    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--quality", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "codec_memory.json"))
+    parser.add_argument("--phase", choices=("compress", "decompress"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.phase:
+        result = run_phase(args.phase, Path(args.checkpoint), Path(args.work), args.height, args.width, args.quality)
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as work:
+        model_path = Path(args.checkpoint) if args.checkpoint else Path(work) / "model.pt"
+        if not args.checkpoint:
+            torch.manual_seed(0)
+            architecture = ARCHITECTURES[args.architecture]
+            save_model_file(model_path, ModelFile(architecture, build_dcvic(**architecture).state_dict()))
+        phases = {phase: child(args, phase, model_path, Path(work)) for phase in ("compress", "decompress")}
+    report = {
+        "image_hw": [args.height, args.width],
+        "weights": args.checkpoint or f"random ({args.architecture} architecture)",
+        "threads": args.threads,
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        **phases,
+        "peak_rss_mib": max(p["peak_rss_mib"] for p in phases.values()),
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+def child(args: argparse.Namespace, phase: str, model_path: Path, work: Path) -> dict:
+    command = [sys.executable, __file__, "--phase", phase, "--checkpoint", str(model_path), "--work", str(work)]
+    command += ["--height", str(args.height), "--width", str(args.width), "--quality", str(args.quality)]
+    command += ["--threads", str(args.threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The whole DC-VIC recipe on a laptop: ``python entrypoints/demo.py`` (``make demo``).
+
+Runs, on the scikit-image sample photos and with ``+experiment=demo`` (tiny networks, short schedules):
+stage 0 (VQGAN) → 1_1 → 1_2 → 1_3 → 2 (beta search and selection) → 3, each as its own
+``entrypoints/train.py`` process, then compresses and decompresses held-out photos at every selected quality
+and writes a report folder (RD CSV and plot, a grid of originals vs reconstructions, TensorBoard logs).
+A finished stage is reused on the next run; ``--rerun-from STAGE`` retrains that stage and every later one.
+The last line printed is the report folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lightning_modules.checkpoints import load_model_file  # noqa: E402
+from lightning_modules.metrics import build_metric_suite  # noqa: E402
+
+STAGES = ("0", "1_1", "1_2", "1_3", "2", "3")
+STAGE_OUTPUT = {"0": "vqgan.ckpt", "2": "selected_betas.yaml"}  # every other stage ends with model.pt
+DEMO_BETA_VQS = [1.0, 2.0, 3.0]  # stage 2's beta_vq grid in the demo (passed to stage 2 below)
+HELD_OUT = ("retina", "stereo_motorcycle", "hubble_deep_field")  # not among the training sample photos
+
+
+def stage_dir(runs_dir: Path, run_name: str, stage: str) -> Path:
+    return runs_dir / run_name / f"stage_{stage}"
+
+
+def stage_output(runs_dir: Path, run_name: str, stage: str) -> Path:
+    return stage_dir(runs_dir, run_name, stage) / STAGE_OUTPUT.get(stage, "model.pt")
+
+
+def run_stage(stage: str, runs_dir: Path, run_name: str, extra: list[str]) -> None:
+    """One stage in its own process: Hydra output, logs and resume behave exactly as for a user's command."""
+    network = "vqgan_tiny" if stage == "0" else "tiny"
+    command = [
+        sys.executable,
+        str(REPO / "entrypoints" / "train.py"),
+        f"+stage={stage}",
+        f"network={network}",
+        f"+experiment={'demo_stage0' if stage == '0' else 'demo'}",
+        f"paths.runs_dir={runs_dir}",
+        f"run_name={run_name}",
+        *extra,
+    ]
+    print(f"[demo] stage {stage}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+@torch.no_grad()
+def rate_range(model_file: Path, images: list[np.ndarray], beta_vqs: list[float]) -> tuple[float, float]:
+    """The bpp range every beta_vq reaches between beta_rate 3 and 0: stage 2's targets must lie inside it."""
+    model = load_model_file(model_file).build_model().eval()
+
+    def mean_bpp(beta_rate: float, beta_vq: float) -> float:
+        return float(np.mean([model(to_tensor(image), beta_rate, beta_vq).qbpp().item() for image in images]))
+
+    low = max(mean_bpp(3.0, beta_vq) for beta_vq in beta_vqs)
+    high = min(mean_bpp(0.0, beta_vq) for beta_vq in beta_vqs)
+    return low, high
+
+
+def stage2_targets(low: float, high: float, count: int = 5) -> tuple[list[float], float]:
+    """Targets spread (log scale) inside the reachable range, lowest first (quality 0), and a tolerance.
+
+    A model trained too briefly may not yet trade rate for beta_rate; then every target is "reached" at once
+    (tolerance 1 bpp) so that the pipeline still completes, and a warning says the pairs are arbitrary.
+    """
+    if not high > low * 1.02:
+        print(
+            f"[demo] warning: the rate does not fall as beta_rate rises ({low:.5f} vs {high:.5f} bpp); "
+            "train stage 1_2 longer for meaningful pairs",
+            flush=True,
+        )
+        middle = (low + high) / 2
+        return [round(middle * (1 + 0.01 * k), 5) for k in range(count)], 1.0
+    span = np.log(high) - np.log(low)
+    targets = [round(float(np.exp(np.log(low) + span * f)), 5) for f in np.linspace(0.1, 0.9, count)]
+    return targets, round((high - low) / 25, 6)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return image[top : top + size, left : left + size]
+
+
+def sample_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    image = image[0] if isinstance(image, tuple) else image
+    return np.ascontiguousarray(image[..., :3])
+
+
+def write_held_out(folder: Path, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in HELD_OUT:
+        Image.fromarray(center_crop(sample_photo(name), size)).save(folder / f"{name}.png")
+    return folder
+
+
+def reconstruction_grid(eval_dir: Path, held_out: Path, summary, path: Path) -> Path:
+    """Rows: images; columns: the original, then each quality with its real bpp and PSNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = sorted(held_out.glob("*.png"))
+    settings = list(summary["setting"])
+    fig, axes = plt.subplots(len(images), len(settings) + 1, figsize=(2.2 * (len(settings) + 1), 2.3 * len(images)))
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(Image.open(image))
+        axes[row, 0].set_title("original", fontsize=8)
+        for col, setting in enumerate(settings, start=1):
+            axes[row, col].imshow(Image.open(eval_dir / "reconstructions" / setting / image.name))
+            point = summary[summary["setting"] == setting].iloc[0]
+            axes[row, col].set_title(f"{setting}: {point['bpp']:.3f} bpp, {point['PSNR']:.1f} dB", fontsize=8)
+    for axis in axes.flat:
+        axis.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
+    from entrypoints.evaluate import evaluate
+
+    report = runs_dir / run_name / "report"
+    held_out = write_held_out(report / "held_out", image_size)
+    model_file = stage_output(runs_dir, run_name, "3")
+    qualities = range(len(load_model_file(model_file).quality_table["beta_rate"]))
+    eval_dir = report / "evaluation"
+    suite = build_metric_suite(lpips=False, dists=False, fid=False)
+    summary = evaluate(
+        model_file,
+        held_out,
+        eval_dir,
+        suite,
+        qualities,
+        model_name="dcvic demo",
+        dataset="held-out",
+        reference_dataset="kodak",
+    )
+    summary.to_csv(report / "rd.csv", index=False)
+    for plot in eval_dir.glob("rd_*.png"):
+        shutil.copy(plot, report / plot.name)
+    reconstruction_grid(eval_dir, held_out, summary, report / "reconstructions.png")
+    for stage in STAGES:
+        logs = stage_dir(runs_dir, run_name, stage) / "tensorboard"
+        if logs.is_dir():
+            shutil.copytree(logs, report / "tensorboard" / f"stage_{stage}", dirs_exist_ok=True)
+    print(summary[["setting", "bpp", "PSNR", "MS-SSIM"]].to_string(index=False), flush=True)
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where the stage run folders go")
+    parser.add_argument("--run-name", default="demo", help="name of this recipe run (a folder under --runs-dir)")
+    parser.add_argument("--rerun-from", choices=STAGES, help="retrain this stage and every later one")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the held-out photo crops")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to every stage")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs_dir = args.runs_dir.resolve()
+    if args.rerun_from:
+        for stage in STAGES[STAGES.index(args.rerun_from) :]:
+            shutil.rmtree(stage_dir(runs_dir, args.run_name, stage), ignore_errors=True)
+    start = time.time()
+    for stage in STAGES:
+        output = stage_output(runs_dir, args.run_name, stage)
+        if output.is_file():
+            print(f"[demo] stage {stage}: reusing {output} (--rerun-from {stage} retrains it)", flush=True)
+            continue
+        extra = list(args.overrides)
+        if stage == "2":
+            samples = [center_crop(sample_photo(n), 256) for n in ("astronaut", "coffee", "chelsea")]
+            low, high = rate_range(stage_output(runs_dir, args.run_name, "1_3"), samples, DEMO_BETA_VQS)
+            targets, tolerance = stage2_targets(low, high)
+            print(f"[demo] stage-1_3 rate range {low:.5f}..{high:.5f} bpp -> targets {targets}", flush=True)
+            extra += [
+                f"++stage2.beta_vqs={json.dumps(DEMO_BETA_VQS)}",
+                f"++stage2.targets_bpp={json.dumps(targets)}",
+                f"++stage2.search.tolerance={tolerance}",
+            ]
+        run_stage(stage, runs_dir, args.run_name, extra)
+        print(f"[demo] stage {stage} done after {time.time() - start:.0f} s", flush=True)
+    report = write_report(runs_dir, args.run_name, args.image_size)
+    print(f"[demo] finished in {time.time() - start:.0f} s; report:", flush=True)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

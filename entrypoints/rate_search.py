@@ -1,0 +1,50 @@
+"""Stage-2 rate search, one Hydra job per (beta_vq, target bpp) (spec §5.2).
+
+    python entrypoints/rate_search.py model_file=... val_set=... beta_vq=2.0 target_bpp=0.1   # one job
+    python entrypoints/rate_search.py -m model_file=... val_set=...                           # paper grid
+
+``-m`` sweeps ``hydra.sweeper.params`` (14 beta_vq × 5 targets) on the joblib launcher; jobs share an on-disk
+memo of (beta_rate, beta_vq) -> bpp. ``search=bisect`` reproduces the authors' procedure exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_modules.stage2 import run_rate_search  # noqa: E402
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="search")
+def main(cfg: DictConfig) -> dict:
+    result = run_rate_search(
+        model_file=to_absolute_path(cfg.model_file),
+        val_set=to_absolute_path(cfg.val_set),
+        search_dir=to_absolute_path(cfg.search_dir),
+        memo_root=to_absolute_path(cfg.memo_dir),
+        beta_vq=float(cfg.beta_vq),
+        target_bpp=float(cfg.target_bpp),
+        settings=instantiate(cfg.search),
+        val_limit=cfg.val_limit,
+    )
+    best = result.best
+    status = "converged" if result.converged else f"NOT converged: {result.reason}"
+    found = f"beta_rate {best.beta_rate} ({best.avg_bpp:.5f} bpp)" if best else "no point evaluated"
+    log.info(
+        "beta_vq %.2f target %.3f -> %s, %d points: %s", cfg.beta_vq, cfg.target_bpp, found, result.evaluations, status
+    )
+    return result.to_dict()
+
+
+if __name__ == "__main__":
+    main()

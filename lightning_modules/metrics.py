@@ -1,0 +1,372 @@
+"""Evaluation metrics computed the way the DC-VIC paper computed them (spec §6.7, §7).
+
+* PSNR: 8-bit images, ``MSE = Σerr² / 3HW`` per image, the reported value is the mean of per-image PSNRs.
+  Model outputs become 8-bit by **truncation** ``uint8((x + 1) / 2 · 255)`` like the reference's PNG writer;
+  :func:`to_uint8` with ``rounding=True`` gives the rounded variant, which we report separately and label.
+* MS-SSIM on 8-bit values (data range 255), LPIPS-AlexNet on [-1, 1], DISTS on [0, 1], all full resolution,
+  one image at a time (the images of a dataset differ in size).
+* FID and KID with the HiFiC patch protocol: non-overlapping 256² patches of the top-left grid plus those of
+  the grid shifted by 128 px in both axes, Inception-v3 pool3 features (torchmetrics / torch-fidelity).
+
+Every backbone is passed in as a module, so tests inject small random-weight networks into the very code
+that scores real runs; the ``build_*`` functions load the real weights from a given path or from the torch
+hub cache and never download (a missing file is an error naming it and saying where to get it).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
+)
+from torchmetrics.functional.image.dists import _PATH_WEIGHT_DISTS, DISTSNetwork, L2pooling
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchvision.models.vgg import cfgs as vgg_configs
+from torchvision.models.vgg import make_layers
+
+from .perceptual import ALEXNET_FILE, build_lpips
+
+PATCH_SIZE = 256
+PATCH_SHIFT = 128
+FID_MIN_IMAGES = 50
+MS_SSIM_MIN_SIDE = 176  # torchmetrics' 5-scale, 11-tap MS-SSIM needs side // 16 > 10
+VGG16_FILE = "vgg16-397923af.pth"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# file -> (where to get it, its key in conf/metrics)
+WEIGHT_SOURCES = {
+    ALEXNET_FILE: (f"https://download.pytorch.org/models/{ALEXNET_FILE} (torchvision AlexNet)", "alexnet_weights"),
+    VGG16_FILE: (f"https://download.pytorch.org/models/{VGG16_FILE} (torchvision VGG16)", "vgg16_weights"),
+    INCEPTION_FILE: (
+        f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE} (torch-fidelity)",
+        "inception_weights",
+    ),
+}
+# torchvision VGG16 ``features`` index ranges of DISTS' five stages; a max-pool sits between them.
+_DISTS_STAGES = ((0, 4), (5, 9), (10, 16), (17, 23), (24, 30))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pixel conversions and full-reference metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def to_uint8(x: Tensor, rounding: bool = False) -> Tensor:
+    """[-1, 1] float → uint8; truncation (the reference convention) unless ``rounding``."""
+    scaled = (x.float().clamp(-1, 1) + 1) / 2 * 255
+    return (scaled.round() if rounding else scaled).to(torch.uint8)
+
+
+def from_uint8(image: Tensor) -> Tensor:
+    """uint8 (…, 3, H, W) → float in [-1, 1], i.e. ``Normalize(0.5, 0.5)(ToTensor()(img))``."""
+    return image.float().div(255).sub(0.5).div(0.5)
+
+
+def _batched(image: Tensor) -> Tensor:
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W) or (3, H, W), got shape {tuple(image.shape)}")
+    return image
+
+
+def _check_pair(reconstruction: Tensor, original: Tensor) -> tuple[Tensor, Tensor]:
+    reconstruction, original = _batched(reconstruction), _batched(original)
+    if reconstruction.shape != original.shape:
+        raise ValueError(f"shape mismatch: reconstruction {tuple(reconstruction.shape)} vs {tuple(original.shape)}")
+    for name, image in (("reconstruction", reconstruction), ("original", original)):
+        if image.dtype != torch.uint8:
+            raise TypeError(f"{name} must be uint8 (convert model outputs with to_uint8), got {image.dtype}")
+    return reconstruction, original
+
+
+def psnr_per_image(reconstruction: Tensor, original: Tensor) -> Tensor:
+    """(N,) PSNR in dB of uint8 images (N, 3, H, W): ``20·log10(255) − 10·log10(Σerr² / 3HW)``.
+
+    Average the result over the dataset to get the paper's PSNR (mean of per-image values, not of MSEs).
+    """
+    reconstruction, original = _check_pair(reconstruction, original)
+    return peak_signal_noise_ratio(
+        reconstruction.double(), original.double(), data_range=255.0, reduction="none", dim=(1, 2, 3)
+    ).float()
+
+
+def ms_ssim_per_image(reconstruction: Tensor, original: Tensor) -> Tensor:
+    """(N,) MS-SSIM on 8-bit values; NaN for images whose short side is below :data:`MS_SSIM_MIN_SIDE`."""
+    reconstruction, original = _check_pair(reconstruction, original)
+    if min(original.shape[-2:]) < MS_SSIM_MIN_SIDE:
+        return torch.full((original.shape[0],), math.nan)
+    return multiscale_structural_similarity_index_measure(
+        reconstruction.float(), original.float(), data_range=255.0, reduction="none"
+    ).float()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HiFiC patch protocol
+# ---------------------------------------------------------------------------------------------------------
+
+
+def count_hific_patches(height: int, width: int) -> int:
+    """Number of 256² patches :func:`hific_patches` takes from an H×W image (both grids)."""
+    shifted = (max(height - PATCH_SHIFT, 0) // PATCH_SIZE) * (max(width - PATCH_SHIFT, 0) // PATCH_SIZE)
+    return (height // PATCH_SIZE) * (width // PATCH_SIZE) + shifted
+
+
+def _grid_patches(image: Tensor, offset: int) -> Tensor:
+    cropped = image[:, offset:, offset:]
+    rows, cols = cropped.shape[1] // PATCH_SIZE, cropped.shape[2] // PATCH_SIZE
+    if not rows or not cols:
+        return image.new_empty((0, image.shape[0], PATCH_SIZE, PATCH_SIZE))
+    cropped = cropped[:, : rows * PATCH_SIZE, : cols * PATCH_SIZE]
+    # (3, rows, cols, 256, 256) -> (rows * cols, 3, 256, 256), raster order
+    patches = cropped.unfold(1, PATCH_SIZE, PATCH_SIZE).unfold(2, PATCH_SIZE, PATCH_SIZE)
+    return patches.permute(1, 2, 0, 3, 4).reshape(rows * cols, image.shape[0], PATCH_SIZE, PATCH_SIZE)
+
+
+def hific_patches(image: Tensor) -> Tensor:
+    """(3, H, W) → (P, 3, 256, 256): the top-left grid, then the grid shifted by 128 px (raster order)."""
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (3, H, W), got shape {tuple(image.shape)}")
+    return torch.cat([_grid_patches(image, 0), _grid_patches(image, PATCH_SHIFT)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backbones: real weights from a path or the torch hub cache, never downloaded
+# ---------------------------------------------------------------------------------------------------------
+
+
+def resolve_weight_file(path: str | Path | None, file_name: str) -> Path:
+    """``path``, or ``<torch hub dir>/checkpoints/<file_name>`` when ``None``; a missing file is an error."""
+    resolved = Path(path) if path is not None else Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not resolved.is_file():
+        source, key = WEIGHT_SOURCES.get(file_name, (file_name, "<weights path>"))
+        raise FileNotFoundError(
+            f"metric weights not found: {resolved} (expected {file_name}). Nothing is downloaded at run time: "
+            f"fetch it once from {source} into the torch hub cache or pass metrics.{key}=PATH "
+            "(metrics=pixel evaluates bpp, PSNR and MS-SSIM only)"
+        )
+    return resolved
+
+
+class DistsNetwork(DISTSNetwork):
+    """torchmetrics' DISTS (its L2 pooling and scoring ``forward``) around a VGG ``features`` stack passed in.
+
+    torchmetrics' own constructor always fetches VGG16 from the internet; taking the stack as an argument lets
+    :func:`build_dists` load a local file and lets tests pass a narrow random VGG with the same layer layout.
+    """
+
+    def __init__(self, vgg_features: nn.Sequential, alpha: Tensor, beta: Tensor) -> None:
+        nn.Module.__init__(self)
+        layers = list(vgg_features.children())
+        self.chns = [3] + [_last_conv_channels(layers[start:stop]) for start, stop in _DISTS_STAGES]
+        for index, (start, stop) in enumerate(_DISTS_STAGES):
+            pooling = [L2pooling(channels=self.chns[index])] if index else []
+            setattr(self, f"stage{index + 1}", nn.Sequential(*pooling, *layers[start:stop]))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1))
+        expected = (1, sum(self.chns), 1, 1)
+        if alpha.shape != expected or beta.shape != expected:
+            raise ValueError(f"DISTS alpha/beta must have shape {expected}, got {alpha.shape} and {beta.shape}")
+        self.alpha = nn.Parameter(alpha.clone())
+        self.beta = nn.Parameter(beta.clone())
+        self.requires_grad_(False).eval()
+
+    def score(self, reconstruction: Tensor, original: Tensor) -> Tensor:
+        """(N,) DISTS of [0, 1] images."""
+        return self(reconstruction, original).reshape(-1)
+
+
+def _last_conv_channels(layers: list[nn.Module]) -> int:
+    convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
+    if not convs:
+        raise ValueError("a DISTS stage holds no convolution: the VGG features do not have VGG16's layout")
+    return convs[-1].out_channels
+
+
+def build_dists(vgg16_weights: str | Path | None = None, alpha_beta_weights: str | Path | None = None) -> DistsNetwork:
+    """DISTS with torchvision's VGG16 (:data:`VGG16_FILE`) and the alpha/beta file torchmetrics ships."""
+    vgg_path = resolve_weight_file(vgg16_weights, VGG16_FILE)
+    features = make_layers(vgg_configs["D"])
+    state = torch.load(vgg_path, map_location="cpu", weights_only=True)
+    features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+    alpha_beta = torch.load(alpha_beta_weights or _PATH_WEIGHT_DISTS, map_location="cpu", weights_only=True)
+    return DistsNetwork(features, alpha_beta["alpha"], alpha_beta["beta"])
+
+
+def build_inception(weights: str | Path | None = None) -> nn.Module:
+    """The FID Inception-v3 (2048-d pool3) of torch-fidelity, from :data:`INCEPTION_FILE`; takes uint8 images.
+
+    ``antialias=False`` resizes like TF/pytorch-fid, the implementation the paper's numbers come from.
+    """
+    path = resolve_weight_file(weights, INCEPTION_FILE)
+    return NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=["2048"],
+        feature_extractor_weights_path=str(path),
+        antialias=False,
+    )
+
+
+def build_lpips_metric(backbone_weights: str | Path | None = None) -> nn.Module:
+    """LPIPS-AlexNet for *evaluation*: unlike training's demo mode, a random backbone is never acceptable."""
+    return build_lpips(str(resolve_weight_file(backbone_weights, ALEXNET_FILE)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distribution metrics over patches
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _PrecomputedFeatures(nn.Identity):
+    """Lets torchmetrics' FID/KID accumulate features we extract once for both of them."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+
+class PatchDistributionMetrics:
+    """FID and KID between originals and reconstructions over HiFiC patches (spec §6.7).
+
+    ``feature_extractor`` maps uint8 (B, 3, 256, 256) patches to (B, D) features (Inception pool3 for real
+    numbers). Features are extracted once per patch and fed to both torchmetrics metrics.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: nn.Module,
+        min_images: int = FID_MIN_IMAGES,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.extractor = feature_extractor.to(self.device).eval()
+        self.min_images = min_images
+        self.kid_subset_size = kid_subset_size
+        self.batch_size = batch_size
+        dim = self._features(torch.zeros(1, 3, PATCH_SIZE, PATCH_SIZE, dtype=torch.uint8)).shape[1]
+        self.fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim)).to(self.device)
+        with warnings.catch_warnings():  # KID keeps every feature by design; its memory note is expected
+            warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+            kid = KernelInceptionDistance(
+                feature=_PrecomputedFeatures(dim), subsets=kid_subsets, subset_size=kid_subset_size
+            )
+        self.kid = kid.to(self.device)
+        self.num_images = 0
+        self.num_patches = 0
+
+    @torch.inference_mode()
+    def _features(self, patches: Tensor) -> Tensor:
+        chunks = [self.extractor(chunk.to(self.device)) for chunk in patches.split(self.batch_size)]
+        return torch.cat(chunks).reshape(patches.shape[0], -1).double()
+
+    def update(self, reconstruction: Tensor, original: Tensor) -> None:
+        """Add one image pair, uint8 (3, H, W) each."""
+        reconstruction, original = _check_pair(reconstruction, original)
+        self.num_images += 1
+        patches = [hific_patches(image[0]) for image in (original, reconstruction)]
+        if not len(patches[0]):
+            return
+        self.num_patches += len(patches[0])
+        for is_real, image_patches in zip((True, False), patches, strict=True):
+            features = self._features(image_patches)
+            self.fid.update(features, real=is_real)
+            self.kid.update(features, real=is_real)
+
+    def compute(self) -> dict[str, float]:
+        """``{"FID", "KID", "KID_std"}``; NaN below ``min_images`` images (the paper gives Kodak no FID)."""
+        if self.num_images < self.min_images or self.num_patches < 2:
+            return {"FID": math.nan, "KID": math.nan, "KID_std": math.nan}
+        self.kid.subset_size = min(self.kid_subset_size, self.num_patches)  # KID needs subsets ≤ samples
+        kid_mean, kid_std = self.kid.compute()
+        return {"FID": float(self.fid.compute()), "KID": float(kid_mean), "KID_std": float(kid_std)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The suite evaluation runs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricSuite:
+    """The networks evaluation scores with; ``None`` leaves a metric out (reported as NaN)."""
+
+    lpips: nn.Module | None = None
+    dists: DistsNetwork | None = None
+    inception: nn.Module | None = None
+    device: str = "cpu"
+    fid_min_images: int = FID_MIN_IMAGES
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    patch_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for network in (self.lpips, self.dists):
+            if network is not None:
+                network.to(self.device).eval()
+
+    @torch.inference_mode()
+    def score_image(self, reconstruction: Tensor, original: Tensor) -> dict[str, float]:
+        """Per-image metrics of uint8 (3, H, W) images: PSNR, MS-SSIM, LPIPS, DISTS."""
+        reconstruction, original = _check_pair(reconstruction, original)
+        scores = {
+            "PSNR": float(psnr_per_image(reconstruction, original)[0]),
+            "MS-SSIM": float(ms_ssim_per_image(reconstruction, original)[0]),
+            "LPIPS": math.nan,
+            "DISTS": math.nan,
+        }
+        recon, orig = reconstruction.to(self.device), original.to(self.device)
+        if self.lpips is not None:
+            scores["LPIPS"] = float(self.lpips(from_uint8(recon), from_uint8(orig)).reshape(-1)[0])
+        if self.dists is not None:
+            scores["DISTS"] = float(self.dists.score(recon.float() / 255, orig.float() / 255)[0])
+        return scores
+
+    def distribution_metrics(self) -> PatchDistributionMetrics | None:
+        """A fresh FID/KID accumulator for one dataset and setting, or ``None`` without an Inception."""
+        if self.inception is None:
+            return None
+        return PatchDistributionMetrics(
+            self.inception,
+            self.fid_min_images,
+            self.kid_subsets,
+            self.kid_subset_size,
+            self.patch_batch_size,
+            self.device,
+        )
+
+
+def build_metric_suite(
+    device: str = "cpu",
+    lpips: bool = True,
+    dists: bool = True,
+    fid: bool = True,
+    alexnet_weights: str | None = None,
+    vgg16_weights: str | None = None,
+    dists_alpha_beta_weights: str | None = None,
+    inception_weights: str | None = None,
+    fid_min_images: int = FID_MIN_IMAGES,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    patch_batch_size: int = 32,
+) -> MetricSuite:
+    """The real networks (Hydra ``conf/metrics``); weight paths ``None`` mean the torch hub cache."""
+    return MetricSuite(
+        lpips=build_lpips_metric(alexnet_weights) if lpips else None,
+        dists=build_dists(vgg16_weights, dists_alpha_beta_weights) if dists else None,
+        inception=build_inception(inception_weights) if fid else None,
+        device=device,
+        fid_min_images=fid_min_images,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        patch_batch_size=patch_batch_size,
+    )

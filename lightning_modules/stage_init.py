@@ -1,0 +1,88 @@
+"""Start a stage from its predecessor's output (spec §4.9) and export a finished stage as a dcvic model file.
+
+Run-directory convention: stage ``S`` of run ``E`` (``run_name``) lives in ``<runs_dir>/E/stage_S/`` and, when finished,
+holds ``model.pt`` (weights, discriminator, quality table) and ``checkpoints/last.ckpt`` (Lightning state, incl.
+optimizer moments). ``init_from`` names either such a run directory or a model file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
+from .system import DCVICSystem
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.pt"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def resolve_model_file(init_from: str | Path) -> Path:
+    path = Path(init_from)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"predecessor weights not found: {path}. Run the previous stage first (it writes <run_dir>/{MODEL_FILE}) "
+            "or set init_from to a run directory or dcvic model file"
+        )
+    return path
+
+
+def load_network_weights(system: DCVICSystem, model_file: ModelFile, allowed_missing: Sequence[str]) -> None:
+    """Strict unless ``allowed_missing`` lists key patterns (fnmatch) that may keep their fresh initialisation."""
+    result = system.network.load_state_dict(model_file.state_dict, strict=not allowed_missing)
+    disallowed = [k for k in result.missing_keys if not any(fnmatch.fnmatch(k, pat) for pat in allowed_missing)]
+    if disallowed or result.unexpected_keys:
+        raise ValueError(
+            f"predecessor weights do not fit this stage: missing {disallowed[:8]} ({len(disallowed)}), "
+            f"unexpected {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
+        )
+    if result.missing_keys:
+        log.info("kept fresh initialisation for %d allowed-missing keys", len(result.missing_keys))
+
+
+def load_optimizer_states(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / LAST_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"optimizer states requested but {path} does not exist (init_from must be a run dir)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint["optimizer_states"]
+
+
+def initialize_from_predecessor(
+    system: DCVICSystem,
+    init_from: str | Path,
+    allowed_missing: Sequence[str] = (),
+    load_discriminator: bool = False,
+    load_optimizer_moments: bool = False,
+) -> None:
+    """Load the predecessor's network (and discriminator / Adam moments for stage 3) into a fresh system."""
+    model_file = load_model_file(resolve_model_file(init_from))
+    load_network_weights(system, model_file, allowed_missing)
+    if load_discriminator:
+        if model_file.discriminator is None:
+            raise ValueError(f"{init_from} holds no discriminator weights, but this stage loads them")
+        system.discriminator.load_state_dict(model_file.discriminator, strict=True)
+    if load_optimizer_moments:
+        system.set_pending_optimizer_states(load_optimizer_states(Path(init_from)))
+    log.info("initialised from %s", init_from)
+
+
+def export_model_file(system: DCVICSystem, architecture: dict[str, Any], path: str | Path, source: str) -> Path:
+    """Final stage weights as a dcvic model file (the VQGAN is included; no checkpoint path is needed to build)."""
+    discriminator = getattr(system, "discriminator", None)
+    model_file = ModelFile(
+        architecture={**architecture, "vqgan_checkpoint": None},
+        state_dict={k: v.detach().cpu() for k, v in system.network.state_dict().items()},
+        quality_table=system.betas.quality_table() or dict(RELEASED_QUALITY_TABLE),
+        discriminator=None if discriminator is None else {k: v.cpu() for k, v in discriminator.state_dict().items()},
+        source=source,
+    )
+    return save_model_file(path, model_file)

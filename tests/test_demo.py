@@ -1,0 +1,48 @@
+"""The demo pipeline in miniature: every stage for a handful of iterations, then the report."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from entrypoints import demo
+
+MINIATURE = [
+    "demo_iterations.stage_0=30",
+    "demo_iterations.stage_1_1=10",
+    "demo_iterations.stage_1_2=20",
+    "demo_iterations.stage_1_3=5",
+    "demo_iterations.stage_3=5",
+    "stage2.num_images=3",
+    "stage2.crop_size=128",
+]
+
+
+@pytest.mark.slow
+def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
+    args = ["--runs-dir", str(tmp_path), "--image-size", "96", *MINIATURE]
+    assert demo.main(args) == 0
+    report = tmp_path / "demo" / "report"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(report)
+    for stage in demo.STAGES:
+        assert demo.stage_output(tmp_path, "demo", stage).is_file()
+        assert (report / "tensorboard" / f"stage_{stage}").is_dir()
+    rd = pd.read_csv(report / "rd.csv")
+    assert list(rd["setting"]) == [f"q{q}" for q in range(5)]
+    assert (rd["bpp"] > 0).all() and rd["PSNR"].notna().all()
+    assert (report / "reconstructions.png").stat().st_size > 10_000
+    assert (report / "rd_PSNR.png").is_file()
+    assert len(list((report / "evaluation" / "bitstreams" / "q0").glob("*.dcvic"))) == len(demo.HELD_OUT)
+
+    model_time = demo.stage_output(tmp_path, "demo", "3").stat().st_mtime
+    assert demo.main(args) == 0  # second run: every stage reused, only the report is redone
+    assert "stage 1_2: reusing" in capsys.readouterr().out
+    assert demo.stage_output(tmp_path, "demo", "3").stat().st_mtime == model_time
+
+
+def test_stage2_targets_lie_inside_the_reachable_range():
+    targets, tolerance = demo.stage2_targets(0.04, 0.05)
+    assert targets == sorted(targets) and 0.04 < targets[0] and targets[-1] < 0.05
+    assert 0 < tolerance < 0.001
+    flat_targets, flat_tolerance = demo.stage2_targets(0.05, 0.04)
+    assert len(flat_targets) == 5 and flat_tolerance == 1.0
