@@ -14,7 +14,7 @@ MINIATURE = [
     "demo_iterations.stage_1_3=5",
     "demo_iterations.stage_3=5",
     "stage2.num_images=3",
-    "stage2.crop_size=128",
+    "++stage2.crop_size=128",  # a key only stage 2 has
 ]
 
 

@@ -113,7 +113,7 @@ def test_stage_1_3_trains_only_the_synthesis_side_and_the_discriminator(runs_dir
 def test_stage_3_loads_discriminator_and_adam_moments_with_fresh_lr(runs_dir: Path) -> None:
     previous = load_model_file(runs_dir / "dcvic" / "stage_1_3" / MODEL_FILE)
     moments = torch.load(runs_dir / "dcvic" / "stage_1_3" / LAST_CHECKPOINT, weights_only=False)["optimizer_states"]
-    run = prepare_run(stage_config("3", runs_dir, "optim.optimizer.lr=5e-5"))
+    run = prepare_run(stage_config("3", runs_dir, "betas=selected", "optim.optimizer.lr=5e-5"))
     disc = run.system.discriminator.state_dict()
     assert all(torch.equal(disc[k], v) for k, v in previous.discriminator.items())
     assert all(torch.equal(run.system.network.state_dict()[k], v) for k, v in previous.state_dict.items())
@@ -125,5 +125,5 @@ def test_stage_3_loads_discriminator_and_adam_moments_with_fresh_lr(runs_dir: Pa
     assert steps == {max(previous_steps) + ITERATIONS}  # the moments continued, not restarted
     trainable = ("network.decoder.", "network.vq_estimator.", "network.fusion_module.", "discriminator.")
     assert changed(before, after) == {n for n in before if n.startswith(trainable) and not never_trained(n)}
-    export(run, stage_config("3", runs_dir))
+    export(run, stage_config("3", runs_dir, "betas=selected"))
     assert load_model_file(runs_dir / "dcvic" / "stage_3" / MODEL_FILE).quality_table == RELEASED_QUALITY_TABLE
