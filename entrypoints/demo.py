@@ -25,12 +25,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from entrypoints.train import quote_stage_choices  # noqa: E402
 from lightning_modules.checkpoints import load_model_file  # noqa: E402
 from lightning_modules.metrics import build_metric_suite  # noqa: E402
+from lightning_modules.stage2 import average_bpp, load_eval_model, validation_loader  # noqa: E402
+from lightning_modules.stage_init import resolve_model_file  # noqa: E402
+from lightning_modules.validation_set import build_validation_set, tokenizer_from_model_file  # noqa: E402
 
 STAGES = ("0", "1_1", "1_2", "1_3", "2", "3")
 STAGE_OUTPUT = {"0": "vqgan.ckpt", "2": "selected_betas.yaml"}  # every other stage ends with model.pt
-DEMO_BETA_VQS = [1.0, 2.0, 3.0]  # stage 2's beta_vq grid in the demo (passed to stage 2 below)
 HELD_OUT = ("retina", "stereo_motorcycle", "hubble_deep_field")  # not among the training sample photos
 
 
@@ -42,33 +48,47 @@ def stage_output(runs_dir: Path, run_name: str, stage: str) -> Path:
     return stage_dir(runs_dir, run_name, stage) / STAGE_OUTPUT.get(stage, "model.pt")
 
 
-def run_stage(stage: str, runs_dir: Path, run_name: str, extra: list[str]) -> None:
-    """One stage in its own process: Hydra output, logs and resume behave exactly as for a user's command."""
-    network = "vqgan_tiny" if stage == "0" else "tiny"
-    command = [
-        sys.executable,
-        str(REPO / "entrypoints" / "train.py"),
+def stage_overrides(stage: str, runs_dir: Path, run_name: str) -> list[str]:
+    """The demo's command line for one stage (stage 0 trains the VQGAN that the other stages load)."""
+    return [
         f"+stage={stage}",
-        f"network={network}",
+        f"network={'vqgan_tiny' if stage == '0' else 'tiny'}",
         f"+experiment={'demo_stage0' if stage == '0' else 'demo'}",
         f"paths.runs_dir={runs_dir}",
         f"run_name={run_name}",
-        *extra,
     ]
+
+
+def run_stage(stage: str, runs_dir: Path, run_name: str, extra: list[str]) -> None:
+    """One stage in its own process: Hydra output, logs and resume behave exactly as for a user's command."""
+    train = str(REPO / "entrypoints" / "train.py")
+    command = [sys.executable, train, *stage_overrides(stage, runs_dir, run_name), *extra]
     print(f"[demo] stage {stage}: {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True, cwd=REPO)
 
 
+def stage2_config(runs_dir: Path, run_name: str, overrides: list[str]) -> DictConfig:
+    """Stage 2's composed config, exactly as its own process will see it (validation-set path, betas, ...)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=quote_stage_choices([*stage_overrides("2", runs_dir, run_name), *overrides]))
+
+
 @torch.no_grad()
-def rate_range(model_file: Path, images: list[np.ndarray], beta_vqs: list[float]) -> tuple[float, float]:
-    """The bpp range every beta_vq reaches between beta_rate 3 and 0: stage 2's targets must lie inside it."""
-    model = load_model_file(model_file).build_model().eval()
+def rate_range(cfg: DictConfig) -> tuple[float, float]:
+    """The bpp range every beta_vq reaches between beta_rate 3 and 0 on stage 2's own validation crops.
 
-    def mean_bpp(beta_rate: float, beta_vq: float) -> float:
-        return float(np.mean([model(to_tensor(image), beta_rate, beta_vq).qbpp().item() for image in images]))
-
-    low = max(mean_bpp(3.0, beta_vq) for beta_vq in beta_vqs)
-    high = min(mean_bpp(0.0, beta_vq) for beta_vq in beta_vqs)
+    Builds the crops first (stage 2 then reuses them), so the targets are measured the way stage 2 measures.
+    """
+    stage = cfg.stage2
+    model_file = str(resolve_model_file(stage.model_file))
+    tokenizer = tokenizer_from_model_file(model_file)
+    build_validation_set(
+        stage.images, stage.val_set, tokenizer, stage.num_images, stage.crop_size, stage.val_seed, stage.image_pattern
+    )
+    model, _ = load_eval_model(model_file, "cpu")
+    loader = validation_loader(stage.val_set, batch_size=int(stage.search.batch_size))
+    low = max(average_bpp(model, loader, 3.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
+    high = min(average_bpp(model, loader, 0.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
     return low, high
 
 
@@ -88,7 +108,7 @@ def stage2_targets(low: float, high: float, count: int = 5) -> tuple[list[float]
         return [round(middle * (1 + 0.01 * k), 5) for k in range(count)], 1.0
     span = np.log(high) - np.log(low)
     targets = [round(float(np.exp(np.log(low) + span * f)), 5) for f in np.linspace(0.1, 0.9, count)]
-    return targets, round((high - low) / 25, 6)
+    return targets, round((high - low) / 10, 6)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -196,16 +216,24 @@ def main(argv: list[str] | None = None) -> int:
             continue
         extra = list(args.overrides)
         if stage == "2":
-            samples = [center_crop(sample_photo(n), 256) for n in ("astronaut", "coffee", "chelsea")]
-            low, high = rate_range(stage_output(runs_dir, args.run_name, "1_3"), samples, DEMO_BETA_VQS)
+            low, high = rate_range(stage2_config(runs_dir, args.run_name, extra))
             targets, tolerance = stage2_targets(low, high)
             print(f"[demo] stage-1_3 rate range {low:.5f}..{high:.5f} bpp -> targets {targets}", flush=True)
             extra += [
-                f"++stage2.beta_vqs={json.dumps(DEMO_BETA_VQS)}",
                 f"++stage2.targets_bpp={json.dumps(targets)}",
                 f"++stage2.search.tolerance={tolerance}",
             ]
-        run_stage(stage, runs_dir, args.run_name, extra)
+        try:
+            run_stage(stage, runs_dir, args.run_name, extra)
+        except subprocess.CalledProcessError:
+            if stage != "2":
+                raise
+            print(
+                "[demo] warning: no beta pair met the tolerance (the rate is not yet monotone in beta_rate); "
+                "selecting with a 1 bpp tolerance instead, so the pairs are arbitrary",
+                flush=True,
+            )
+            run_stage(stage, runs_dir, args.run_name, [*extra, "++stage2.search.tolerance=1.0"])
         print(f"[demo] stage {stage} done after {time.time() - start:.0f} s", flush=True)
     report = write_report(runs_dir, args.run_name, args.image_size)
     print(f"[demo] finished in {time.time() - start:.0f} s; report:", flush=True)

@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_modules.stage2 import run_stage2  # noqa: E402
 from lightning_modules.stage_init import (  # noqa: E402
     LAST_CHECKPOINT,
     MODEL_FILE,
     export_model_file,
     initialize_from_predecessor,
 )
-from lightning_modules.stage2 import run_stage2  # noqa: E402
 from lightning_modules.system import DCVICSystem  # noqa: E402
 from lightning_modules.vqgan_system import train_vqgan  # noqa: E402
 
