@@ -26,6 +26,7 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(report)
     for stage in demo.STAGES:
         assert demo.stage_output(tmp_path, "demo", stage).is_file()
+    for stage in set(demo.STAGES) - {"2"}:  # stage 2 trains nothing, so it has no TensorBoard log
         assert (report / "tensorboard" / f"stage_{stage}").is_dir()
     rd = pd.read_csv(report / "rd.csv")
     assert list(rd["setting"]) == [f"q{q}" for q in range(5)]
