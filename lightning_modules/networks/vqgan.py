@@ -33,6 +33,31 @@ class VQEncoding:
     latent: Tensor
 
 
+def build_taming_autoencoder(
+    ch: int,
+    ch_mult: tuple[int, ...],
+    num_res_blocks: int,
+    attn_resolutions: tuple[int, ...],
+    resolution: int,
+    z_channels: int,
+) -> tuple[Encoder, Decoder]:
+    """Taming's encoder and decoder for a VQGAN ``ddconfig`` (one place for frozen and trainable VQGANs)."""
+    ddconfig = dict(
+        ch=ch,
+        out_ch=3,
+        ch_mult=tuple(ch_mult),
+        num_res_blocks=num_res_blocks,
+        attn_resolutions=list(attn_resolutions),
+        dropout=0.0,
+        in_channels=3,
+        resolution=resolution,
+        z_channels=z_channels,
+        double_z=False,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
+        return Encoder(**ddconfig), Decoder(**ddconfig)
+
+
 class FrozenVQGAN(nn.Module):
     """Taming ``Encoder`` + ``VectorQuantizer2`` + ``Decoder`` with taming's state-dict names."""
 
@@ -48,21 +73,9 @@ class FrozenVQGAN(nn.Module):
         n_embed: int = 256,
     ) -> None:
         super().__init__()
-        ddconfig = dict(
-            ch=ch,
-            out_ch=3,
-            ch_mult=tuple(ch_mult),
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=list(attn_resolutions),
-            dropout=0.0,
-            in_channels=3,
-            resolution=resolution,
-            z_channels=z_channels,
-            double_z=False,
+        self.encoder, self.decoder = build_taming_autoencoder(
+            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels
         )
-        with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
-            self.encoder = Encoder(**ddconfig)
-            self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, legacy=True, sane_index_shape=True)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
@@ -118,9 +131,7 @@ def read_taming_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - any reader error means the file is not a checkpoint
         raise ValueError(f"VQGAN checkpoint {path} is unreadable ({exc}). {VQGAN_DOWNLOAD_HINT}") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(
-            f"{path} is not a taming VQGAN checkpoint (no 'state_dict' dict). {VQGAN_DOWNLOAD_HINT}"
-        )
+        raise ValueError(f"{path} is not a taming VQGAN checkpoint (no 'state_dict' dict). {VQGAN_DOWNLOAD_HINT}")
     return {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")}
 
 

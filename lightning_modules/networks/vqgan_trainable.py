@@ -12,16 +12,15 @@ Images are in [-1, 1], like every VQGAN input in this project (spec §6).
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import Tensor, nn
+
+from .vqgan import build_taming_autoencoder
 
 
 @dataclass
@@ -60,21 +59,9 @@ class TrainableVQGAN(nn.Module):
             embed_dim=embed_dim,
             n_embed=n_embed,
         )
-        ddconfig = dict(
-            ch=ch,
-            out_ch=3,
-            ch_mult=tuple(ch_mult),
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=list(attn_resolutions),
-            dropout=0.0,
-            in_channels=3,
-            resolution=resolution,
-            z_channels=z_channels,
-            double_z=False,
+        self.encoder, self.decoder = build_taming_autoencoder(
+            ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels
         )
-        with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
-            self.encoder = Encoder(**ddconfig)
-            self.decoder = Decoder(**ddconfig)
         self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=beta, legacy=True, sane_index_shape=True)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
