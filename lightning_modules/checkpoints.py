@@ -49,7 +49,12 @@ class ModelFile:
     def build_discriminator(self) -> BetaConditionedPatchGAN:
         if self.discriminator is None:
             raise ValueError("this model file holds no discriminator weights")
-        disc = BetaConditionedPatchGAN()
+        condition_features = self.discriminator["mlp.0.weight"].shape[1]  # 2 betas × (2·L + 1)
+        disc = BetaConditionedPatchGAN(
+            ndf=self.discriminator["main.0.weight"].shape[0],
+            cond_ch=self.discriminator["mlp.2.weight"].shape[0],
+            fourier_freqs=(condition_features // 2 - 1) // 2,
+        )
         disc.load_state_dict(self.discriminator, strict=True)
         return disc
 

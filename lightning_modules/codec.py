@@ -3,7 +3,7 @@
 ::
 
     compress                                   decompress
-    x ─pad 64─ VQGAN (tiled >1024) ─ encoder ─ y
+    x ─pad 64─ VQGAN (tiled >1024) ─ encoder (tiled >1344) ─ y
     y ─hyperencoder─ z ─EB─ z_string ───────── z_string ─EB─ ẑ
                       ẑ ─hyperdecoder─ hyper_out           ẑ ─hyperdecoder─ hyper_out
        ChARM.run(quantize = round)  ─ y_string ─ ChARM.run(quantize = rANS decode slice k)
@@ -184,7 +184,7 @@ def synthesize(model: DCVIC, y_hat: Tensor, height: int, width: int, conditionin
 
 
 def analyse(model: DCVIC, x: Tensor, conditioning: Conditioning) -> Tensor:
-    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2)."""
+    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2; the encoder is tiled above 1344 px)."""
     beta_rate, beta_vq = conditioning.betas()
     x_pad = pad_to_multiple(x.to(model_device(model)), model.pad_multiple)
     with torch.inference_mode():

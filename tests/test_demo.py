@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -33,6 +35,8 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert (rd["bpp"] > 0).all() and rd["PSNR"].notna().all()
     assert (report / "reconstructions.png").stat().st_size > 10_000
     assert (report / "rd_PSNR.png").is_file()
+    checks = json.loads((report / "checks.json").read_text())
+    assert checks["real_bpp_by_quality"] == list(rd["bpp"]) and checks["min_psnr_db"] == rd["PSNR"].min()
     assert len(list((report / "evaluation" / "bitstreams" / "q0").glob("*.dcvic"))) == len(demo.HELD_OUT)
 
     model_time = demo.stage_output(tmp_path, "demo", "3").stat().st_mtime
@@ -47,3 +51,10 @@ def test_stage2_targets_lie_inside_the_reachable_range():
     assert 0 < tolerance <= 0.001
     flat_targets, flat_tolerance = demo.stage2_targets(0.05, 0.04)
     assert len(flat_targets) == 5 and flat_tolerance == 1.0
+
+
+def test_report_checks_flag_a_rate_that_does_not_rise_and_a_low_psnr():
+    good = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.04, 0.05], "PSNR": [18.0, 18.5, 19.0]}))
+    assert good["real_bpp_rises_with_quality"] and good["psnr_above_threshold"] and good["min_psnr_db"] == 18.0
+    bad = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.05, 0.04], "PSNR": [12.0, 18.5, 19.0]}))
+    assert not bad["real_bpp_rises_with_quality"] and not bad["psnr_above_threshold"]

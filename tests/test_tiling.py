@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from lightning_modules.codec import image_to_tensor
 from lightning_modules.networks.tiling import keep_ranges, tile_starts, tiled_apply
@@ -87,3 +89,50 @@ def test_tiled_vq_encoding_on_a_wide_short_image() -> None:
     assert torch.equal(vq.h[..., 48:80], middle[..., 16:48])
     assert torch.equal(vq.h[..., 96:144], last[..., 16:64])
     assert torch.equal(vq.indices, model.vq_model.quantize_latent(vq.h).indices)
+
+
+def resized_photo(height: int, width: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def analysis_inputs(model, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = image_to_tensor(resized_photo(height, width))
+    return x, model.vq_features(model.vq_encode(x))
+
+
+@pytest.mark.parametrize(("tile", "stride", "exact"), [(448, 128, True), (192, 128, False)])
+def test_tiled_analysis_equals_the_whole_image_encoder_when_the_margin_covers_the_receptive_field(
+    tile: int, stride: int, exact: bool
+) -> None:
+    """Margin 160 px ≥ the encoder's receptive radius (140 px): same ``y``; margin 32 px: visibly different.
+
+    The production tile (1344/1024) has the same 160 px margin; smaller tiles keep the test fast.
+    """
+    model = seeded_model(MICRO_ARCHITECTURE).eval()
+    x, features = analysis_inputs(model, 576, 704)
+    beta_rate, beta_vq = torch.tensor([1.3]), torch.tensor([2.1])
+    with torch.no_grad():
+        whole = model.encoder(x, features, beta_rate, beta_vq)
+        tiled = model.tiled_analysis(x, features, beta_rate, beta_vq, tile=tile, stride=stride)
+    assert tiled.shape == whole.shape
+    difference = float((tiled - whole).abs().max())
+    if exact:
+        assert difference <= 1e-5 * float(whole.abs().max())
+    else:
+        assert difference > 1e-3 * float(whole.abs().max())
+
+
+def test_analysis_tiles_only_large_images_in_eval_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 1344 px the encoder runs on the whole image exactly as the reference; training never tiles."""
+    model = seeded_model(MICRO_ARCHITECTURE).eval()
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(model, "tiled_analysis", lambda x, *args: calls.append(tuple(x.shape[-2:])) or x)
+    for height, width in ((384, 1344), (64, 1408)):
+        x, features = analysis_inputs(model, height, width)
+        with torch.no_grad():
+            model.analysis(x, model.vq_encode(x), torch.tensor([1.0]), torch.tensor([1.0]))
+    assert calls == [(64, 1408)]
+    model.train()
+    x = image_to_tensor(resized_photo(64, 1408))
+    model.analysis(x, model.vq_encode(x), torch.tensor([1.0]), torch.tensor([1.0]))
+    assert calls == [(64, 1408)]

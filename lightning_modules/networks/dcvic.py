@@ -28,7 +28,16 @@ from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
 from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
 from .fusion import VqDecoderFusion
 from .hyperprior import HyperDecoder, HyperEncoder
-from .tiling import VQ_STRIDE, VQ_TILE, Y_STRIDE, Y_TILE, needs_tiling, tiled_apply
+from .tiling import (
+    ANALYSIS_STRIDE,
+    ANALYSIS_TILE,
+    VQ_STRIDE,
+    VQ_TILE,
+    Y_STRIDE,
+    Y_TILE,
+    needs_tiling,
+    tiled_apply,
+)
 from .vq_estimator import SwinVqEstimator
 from .vqgan import FrozenVQGAN, VQEncoding, load_vqgan
 
@@ -165,7 +174,28 @@ class DCVIC(nn.Module):
     def analysis(
         self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None
     ) -> Tensor:
-        return self.encoder(x, self.vq_features(vq), beta_rate, beta_vq)  # (N, 192, H/16, W/16)
+        """``y`` (N, 192, H/16, W/16); in eval mode above 1344 px from overlapping tiles, to bound memory."""
+        features = self.vq_features(vq)
+        if self.training or not needs_tiling(*x.shape[-2:], threshold=ANALYSIS_TILE):
+            return self.encoder(x, features, beta_rate, beta_vq)
+        return self.tiled_analysis(x, features, beta_rate, beta_vq)
+
+    def tiled_analysis(
+        self,
+        x: Tensor,
+        features: Tensor,
+        beta_rate: BetaLike | None,
+        beta_vq: BetaLike | None,
+        tile: int = ANALYSIS_TILE,
+        stride: int = ANALYSIS_STRIDE,
+    ) -> Tensor:
+        """The encoder on ``tile``-px crops keeping their centre ``stride`` px (see :mod:`.tiling`)."""
+
+        def encode_tile(x_tile: Tensor, features_tile: Tensor) -> tuple[Tensor]:
+            return (self.encoder(x_tile, features_tile, beta_rate, beta_vq),)
+
+        (y,) = tiled_apply(x, encode_tile, tile, stride, side_inputs=(features,))
+        return y
 
     def entropy(self, y: Tensor, training: bool | None = None) -> EntropyOutput:
         training = self.training if training is None else training
@@ -271,6 +301,7 @@ TINY_ARCHITECTURE: dict = dict(
     main_ch=64,
     block_mid_ch=32,
     cond_ch=32,
+    fourier_freqs=2,
     hyper_enc_ch=(64, 64),
     hyper_dec_ch=(64, 64),
     hyper_out_ch=32,
@@ -285,7 +316,9 @@ TINY_ARCHITECTURE: dict = dict(
     vqgan_ch_mult=(1, 1, 2, 2),
     vqgan_num_res_blocks=1,
 )
-"""A 5.9 M-parameter configuration with the full data flow, for tests and CPU demos (conf/network/tiny.yaml)."""
+"""A 5.9 M-parameter configuration with the full data flow, for tests and CPU demos (conf/network/tiny.yaml).
+
+2 Fourier frequencies per beta instead of 10: short runs learn a rate that falls smoothly with beta_rate."""
 
 
 def build_dcvic(
@@ -293,6 +326,7 @@ def build_dcvic(
     main_ch: int = 192,
     block_mid_ch: int = 96,
     cond_ch: int = 128,
+    fourier_freqs: int = 10,
     hyper_enc_ch: tuple[int, int] = (320, 256),
     hyper_dec_ch: tuple[int, int] = (192, 256),
     hyper_out_ch: int = 128,
@@ -315,6 +349,7 @@ def build_dcvic(
 ) -> DCVIC:
     """Wire the sub-networks; defaults are the released architecture (84.0 M trainable + 67.7 M VQGAN).
 
+    ``fourier_freqs`` is the number of Fourier frequencies per beta (the paper's 10; §2.1).
     ``vqgan_checkpoint`` loads the frozen VQGAN strictly from a taming file; ``None`` leaves random weights
     (for tests, or when a DC-VIC checkpoint that contains ``vq_model.*`` is loaded next).
     """
@@ -329,9 +364,9 @@ def build_dcvic(
     vq_model = load_vqgan(vqgan_checkpoint, **vqgan_arch) if vqgan_checkpoint else FrozenVQGAN(**vqgan_arch)
     return DCVIC(
         encoder=ElicVqEncoder(
-            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned
+            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned, fourier_freqs
         ),
-        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned),
+        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs),
         hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
         hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
         context_model=ChannelContextModel(

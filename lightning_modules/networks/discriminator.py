@@ -15,7 +15,9 @@ from .conditioning import BetaConditionMLP, BetaLike
 
 
 class BetaConditionedPatchGAN(nn.Module):
-    def __init__(self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3, cond_ch: int = 8) -> None:
+    def __init__(
+        self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3, cond_ch: int = 8, fourier_freqs: int = 10
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_ch + cond_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
@@ -30,7 +32,7 @@ class BetaConditionedPatchGAN(nn.Module):
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)
         self.main.apply(weights_init)  # conv weights ~ N(0, 0.02), biases keep the PyTorch default
-        self.mlp = BetaConditionMLP(cond_ch)
+        self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
 
     def forward(self, x: Tensor, beta_rate: BetaLike, beta_vq: BetaLike) -> Tensor:
         cond = self.mlp.condition(beta_rate, beta_vq).to(x.dtype)  # (N or 1, cond_ch)

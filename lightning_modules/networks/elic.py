@@ -108,6 +108,7 @@ class ElicVqEncoder(nn.Module):
         vq_feat_ch: int = 260,
         cond_ch: int = 128,
         dual_conditioned: bool = True,
+        fourier_freqs: int = 10,
     ) -> None:
         super().__init__()
         self.dual_conditioned = dual_conditioned
@@ -122,7 +123,7 @@ class ElicVqEncoder(nn.Module):
         self.conv4 = conv(main_ch, out_ch)
         self.attn4 = SimplifiedAttention(out_ch)
         if dual_conditioned:
-            self.mlp = BetaConditionMLP(cond_ch)
+            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
             self.beta_ft_list = nn.ModuleList(
                 [BetaScaleShift(main_ch, cond_ch) for _ in range(len(self.layer_order) - 2)]
                 + [BetaScaleShift(out_ch, cond_ch) for _ in range(2)]
@@ -167,6 +168,7 @@ class ElicFeatureDecoder(nn.Module):
         block_mid_ch: int = 96,
         cond_ch: int = 128,
         dual_conditioned: bool = True,
+        fourier_freqs: int = 10,
     ) -> None:
         super().__init__()
         self.dual_conditioned = dual_conditioned
@@ -180,7 +182,7 @@ class ElicFeatureDecoder(nn.Module):
         self.block3 = ResidualBottleneckBlocks(main_ch, block_mid_ch)
         self.conv4 = deconv(main_ch, out_ch)  # in the checkpoint, never executed
         if dual_conditioned:
-            self.mlp = BetaConditionMLP(cond_ch)
+            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
             self.init_fuse = BetaScaleShift(in_ch, cond_ch)
             self.beta_ft_list = nn.ModuleList(
                 [BetaScaleShift(in_ch, cond_ch) for _ in range(2)]
