@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from lightning_modules.checkpoints import ModelFile, load_model_file, save_model_file  # noqa: E402
 from lightning_modules.codec import DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
-from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic  # noqa: E402
+from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic  # noqa: E402
 
 ARCHITECTURES = {"full": {}, "tiny": TINY_ARCHITECTURE}
 
@@ -46,11 +47,32 @@ def large_photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.LANCZOS))
 
 
+def report_tiles(model: DCVIC, start: float) -> None:
+    """A line on stderr per tile of the two slow tiled stages: this benchmark runs for an hour on a CPU."""
+
+    def counted(name: str, fn: Callable) -> Callable:
+        calls = 0
+
+        def wrapper(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            elapsed = time.perf_counter() - start
+            rss = peak_rss_mib()
+            print(f"{name} call {calls}: {elapsed:.0f} s, peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    model.vq_model.encode_pre_quant = counted("VQGAN encoder tile", model.vq_model.encode_pre_quant)
+    model.synthesis = counted("synthesis tile", model.synthesis)
+
+
 def run_phase(phase: str, model_path: Path, work: Path, height: int, width: int, quality: int) -> dict:
-    """One phase in this process; prints nothing, returns its measurements."""
+    """One phase in this process; prints progress on stderr, returns its measurements."""
     codec = DCVICCodec.from_model_file(load_model_file(model_path))
     result: dict = {"rss_after_model_mib": peak_rss_mib()}
     start = time.perf_counter()
+    report_tiles(codec.model, start)
     if phase == "compress":
         x = image_to_tensor(large_photo(height, width))
         container, code = codec.compress(x, resolve_conditioning(codec.quality_table, quality))
@@ -109,7 +131,7 @@ def child(args: argparse.Namespace, phase: str, model_path: Path, work: Path) ->
     command = [sys.executable, __file__, "--phase", phase, "--checkpoint", str(model_path), "--work", str(work)]
     command += ["--height", str(args.height), "--width", str(args.width), "--quality", str(args.quality)]
     command += ["--threads", str(args.threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # progress on stderr
     return json.loads(output.strip().splitlines()[-1])
 
 
