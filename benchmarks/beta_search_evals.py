@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_modules.beta_search import PAPER_TARGETS_BPP, SearchResult, bisect_search, illinois_search
+from lightning_modules.stage2.search import PAPER_TARGETS_BPP, SearchResult, bisect_search, illinois_search
 
 Curve = Callable[[float], float]
 

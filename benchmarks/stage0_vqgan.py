@@ -1,6 +1,6 @@
 """Stage 0 on a CPU: how fast does a tiny VQGAN train, and what reconstruction PSNR does it reach when?
 
-Runs the real ``+stage=0 data=sample network=vqgan_tiny`` training (``lightning_modules.vqgan_system.train_vqgan``)
+Runs the real ``+stage=0 data=sample network=vqgan_tiny`` training (``lightning_modules.training.vqgan.train_vqgan``)
 for ``--iterations``, validating every ``--eval-every`` iterations on sample photos that are *not* in its training
 list, then reads ``val/psnr`` back from the run's TensorBoard events.
 
@@ -26,8 +26,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from entrypoints.runners import train_vqgan
 from entrypoints.train import CONFIG_DIR, quote_stage_choices
-from lightning_modules.vqgan_system import train_vqgan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN_PHOTOS = "[astronaut,rocket,immunohistochemistry,hubble_deep_field]"

@@ -24,7 +24,8 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from entrypoints.train import CONFIG_DIR, prepare_run, quote_stage_choices  # noqa: E402
+from entrypoints.runners import prepare_run  # noqa: E402
+from entrypoints.train import CONFIG_DIR, quote_stage_choices  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "train_speed.json"
 

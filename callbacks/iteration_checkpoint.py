@@ -1,4 +1,4 @@
-"""``last.ckpt`` every N *iterations* plus kept iterations (spec §4.8), counted by the system, not ``global_step``.
+"""``last.ckpt`` every N *iterations* plus kept iterations (design §4.8), counted by the system, not ``global_step``.
 
 Lightning's ``global_step`` advances once per optimizer step (two per iteration here, none when an iteration is
 skipped), so ``ModelCheckpoint(every_n_train_steps=…)`` would save at the wrong times. Files::

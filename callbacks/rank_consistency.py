@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_modules.checkpoints import weights_fingerprint
+from lightning_modules.model_file import weights_fingerprint
 
 
 class RankConsistencyCheck(L.Callback):

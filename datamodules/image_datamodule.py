@@ -1,4 +1,4 @@
-"""Image datasets and the LightningDataModule used by every training stage (spec §4.1, §7).
+"""Image datasets and the LightningDataModule used by every training stage (design §4.1, §7).
 
 Training: random 256² crop (reflect pad-if-needed) → horizontal flip → [-1, 1], batch 6, shuffled, drop_last.
 Validation: full images (batch 1), optionally centre-cropped for quick CPU runs.

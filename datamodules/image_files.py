@@ -1,4 +1,4 @@
-"""File listings for the training and validation sets (spec §4.1).
+"""File listings for the training and validation sets (design §4.1).
 
 Each function returns a sorted list of image paths or raises with the directory it looked in and how to get the data.
 """

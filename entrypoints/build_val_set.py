@@ -1,4 +1,4 @@
-"""Build the stage-2 validation set: seeded 256² crops + cached VQGAN indices (spec §5.1). Resumable.
+"""Build the stage-2 validation set: seeded 256² crops + cached VQGAN indices (design §5.1). Resumable.
 
     python entrypoints/build_val_set.py --images <openimage_root>/validation \\
         --model-file runs/dcvic/stage_1_3/model.pt --out data/val/vq_f8_n256/crop_256_2000_seed_0
@@ -14,8 +14,8 @@ import logging
 import sys
 
 from lightning_modules.networks.vqgan import load_vqgan
-from lightning_modules.stage2 import resolve_device
-from lightning_modules.validation_set import build_validation_set, tokenizer_from_model_file
+from lightning_modules.stage2.jobs import resolve_device
+from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from entrypoints.evaluate import CONFIG_DIR, list_images, load_rgb  # noqa: E402
-from lightning_modules.metrics import MetricSuite  # noqa: E402
+from lightning_modules.evaluation.metrics import MetricSuite  # noqa: E402
 
 BITSTREAM_SUFFIXES = (".dcvic", ".bin")
 

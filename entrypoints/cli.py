@@ -23,9 +23,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lightning_modules.checkpoints import load_model_file  # noqa: E402
-from lightning_modules.codec import DCVICCodec, resolve_conditioning  # noqa: E402
-from lightning_modules.codec_files import (  # noqa: E402
+from lightning_modules.codec.files import (  # noqa: E402
     CONTAINER_SUFFIX,
     IMAGE_SUFFIXES,
     LEGACY_SUFFIX,
@@ -34,6 +32,8 @@ from lightning_modules.codec_files import (  # noqa: E402
     decompress_file,
     write_reports,
 )
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
+from lightning_modules.model_file import load_model_file  # noqa: E402
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightning_modules.checkpoint_conversion import ConversionError, convert_authors_checkpoint
-from lightning_modules.checkpoints import RELEASED_QUALITY_TABLE, save_model_file
+from lightning_modules.conversion import ConversionError, convert_authors_checkpoint
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, save_model_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comp-model", required=True, help="authors' file holding {'iter', 'comp_model'}")
     parser.add_argument("--discriminator", help="authors' file holding {'iter', 'discriminator'} (optional)")
     parser.add_argument("--out", required=True, help="dcvic model file to write")

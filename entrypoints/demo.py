@@ -31,11 +31,11 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from entrypoints.train import quote_stage_choices  # noqa: E402
-from lightning_modules.checkpoints import load_model_file  # noqa: E402
-from lightning_modules.metrics import build_metric_suite  # noqa: E402
-from lightning_modules.stage2 import average_bpp, load_eval_model, validation_loader  # noqa: E402
-from lightning_modules.stage_init import resolve_model_file  # noqa: E402
-from lightning_modules.validation_set import build_validation_set, tokenizer_from_model_file  # noqa: E402
+from lightning_modules.evaluation.metrics import build_metric_suite  # noqa: E402
+from lightning_modules.model_file import load_model_file  # noqa: E402
+from lightning_modules.stage2.jobs import average_bpp, load_eval_model, validation_loader  # noqa: E402
+from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file  # noqa: E402
+from lightning_modules.training.stage_init import resolve_model_file  # noqa: E402
 
 STAGES = ("0", "1_1", "1_2", "1_3", "2", "3")
 STAGE_OUTPUT = {"0": "vqgan.ckpt", "2": "selected_betas.yaml"}  # every other stage ends with model.pt

@@ -3,7 +3,7 @@
 For every requested quality index (or explicit beta pair) each image is compressed to a ``.dcvic`` file and
 decompressed from those bytes; bpp is the real file size. Per image we score PSNR (8-bit truncation, the
 paper's convention, plus the rounded variant), MS-SSIM, LPIPS and DISTS; per setting FID/KID over HiFiC
-patches (datasets of at least 50 images). Results (spec §6.7)::
+patches (datasets of at least 50 images). Results (design §6.7)::
 
     <output_dir>/per_image.csv               one row per (setting, image), appended as soon as it is scored
     <output_dir>/summary.csv                 model, quality, bpp, PSNR, FID, LPIPS, DISTS, then extras
@@ -39,9 +39,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.checkpoints import load_model_file  # noqa: E402
-from lightning_modules.codec import Conditioning, DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
-from lightning_modules.metrics import MetricSuite, PatchDistributionMetrics, psnr_per_image, to_uint8  # noqa: E402
+from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
+from lightning_modules.evaluation.metrics import MetricSuite, PatchDistributionMetrics, psnr_per_image, to_uint8  # noqa: E402
+from lightning_modules.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Stage-2 rate search, one Hydra job per (beta_vq, target bpp) (spec §5.2).
+"""Stage-2 rate search, one Hydra job per (beta_vq, target bpp) (design §5.2).
 
     python entrypoints/rate_search.py model_file=... val_set=... beta_vq=2.0 target_bpp=0.1   # one job
     python entrypoints/rate_search.py -m model_file=... val_set=...                           # paper grid
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.stage2 import run_rate_search  # noqa: E402
+from lightning_modules.stage2.jobs import run_rate_search  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -1,4 +1,4 @@
-"""Stage-2 selection: reconstruct the validation set at every found pair, score alpha·PSNR − FID (spec §5.3).
+"""Stage-2 selection: reconstruct the validation set at every found pair, score alpha·PSNR − FID (design §5.3).
 
     python entrypoints/select_betas.py model_file=... val_set=... output_dir=<same as the search>
 
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.stage2 import resolve_device, run_selection  # noqa: E402
+from lightning_modules.stage2.jobs import resolve_device, run_selection  # noqa: E402
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -1,4 +1,4 @@
-"""LPIPS-AlexNet (spec §4.2 "Perceptual"), built from torchmetrics without any download.
+"""LPIPS-AlexNet (design §4.2 "Perceptual"), built from torchmetrics without any download.
 
 torchmetrics ships the LPIPS linear-layer weights but fetches the AlexNet backbone from the torchvision hub. We build
 the network with a random backbone (``pnet_rand=True``) and load the torchvision ``alexnet-owt-7be5be79.pth`` file

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.checkpoint_conversion import convert_authors_checkpoint
+from lightning_modules.conversion import convert_authors_checkpoint
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from tests.support.weight_fill import golden_dir, write_authors_checkpoints
 
@@ -35,9 +35,7 @@ def authors_checkpoints(golden: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def golden_model_file(authors_checkpoints: dict[str, Path]):
-    model_file, _ = convert_authors_checkpoint(
-        authors_checkpoints["comp_model"], authors_checkpoints["discriminator"]
-    )
+    model_file, _ = convert_authors_checkpoint(authors_checkpoints["comp_model"], authors_checkpoints["discriminator"])
     return model_file
 
 

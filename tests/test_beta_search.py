@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.beta_search_evals import TOY_CURVES, mean_evaluations
-from lightning_modules.beta_search import (
+from lightning_modules.stage2.search import (
     BppMemo,
     bisect_search,
     illinois_search,

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from lightning_modules.bitstream import (
+from lightning_modules.codec.container import (
     EXPLICIT_BETAS,
     FORMAT_VERSION,
     MAGIC,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.checkpoint_conversion import (
+from lightning_modules.conversion import (
     ConversionError,
     convert_authors_checkpoint,
     convert_state_dict,
     rename_key,
 )
-from lightning_modules.checkpoints import ModelFile, load_model_file, save_model_file
+from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.networks.vqgan import FrozenVQGAN, load_vqgan
 from tests.support.weight_fill import filled_comp_model_state_dict

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from entrypoints.cli import main
-from lightning_modules.bitstream import Container
+from lightning_modules.codec.container import Container
 from tests.support.codec_models import photo, write_model_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.bitstream import (
+from lightning_modules.codec.container import (
     EXPLICIT_BETAS,
     Container,
     ModelMismatchError,
     entropy_bottleneck_124,
     write_legacy,
 )
-from lightning_modules.checkpoints import RELEASED_QUALITY_TABLE, load_model_file
-from lightning_modules.codec import (
+from lightning_modules.codec.image_codec import (
     DCVICCodec,
     decode_latents,
     image_to_tensor,
     resolve_conditioning,
     tensor_to_image,
 )
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model, write_model_file
 
@@ -133,8 +133,8 @@ def test_wide_short_image_round_trips_through_tiled_decoding() -> None:
 
 _COMPRESS_SCRIPT = """
 import sys, torch
-from lightning_modules.checkpoints import load_model_file
-from lightning_modules.codec import DCVICCodec, image_to_tensor, resolve_conditioning
+from lightning_modules.model_file import load_model_file
+from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
 from tests.support.codec_models import photo
 torch.set_num_threads(int(sys.argv[3]))
 codec = DCVICCodec.from_model_file(load_model_file(sys.argv[1]))
@@ -146,9 +146,9 @@ torch.save(code.y_hat, sys.argv[2] + ".y_hat.pt")
 
 _DECOMPRESS_SCRIPT = """
 import sys, torch
-from lightning_modules.checkpoints import load_model_file
-from lightning_modules.codec import DCVICCodec
-from lightning_modules.bitstream import Container
+from lightning_modules.model_file import load_model_file
+from lightning_modules.codec.image_codec import DCVICCodec
+from lightning_modules.codec.container import Container
 torch.set_num_threads(int(sys.argv[3]))
 codec = DCVICCodec.from_model_file(load_model_file(sys.argv[1]))
 _, y_hat = codec.decode_container(Container.from_bytes(open(sys.argv[2] + ".dcvic", "rb").read()))

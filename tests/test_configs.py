@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from entrypoints.train import CONFIG_DIR, quote_stage_choices
-from lightning_modules.beta_sampling import SelectedBetaSampler, load_selected_betas
-from lightning_modules.checkpoints import RELEASED_QUALITY_TABLE
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
+from lightning_modules.training.beta_sampling import SelectedBetaSampler, load_selected_betas
 
 STAGES = ["1_1", "1_2", "1_3", "3"]
 MISSING = (MissingMandatoryValue, InterpolationToMissingValueError)

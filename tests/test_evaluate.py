@@ -24,9 +24,9 @@ import entrypoints.evaluate as evaluate_module
 from entrypoints.calc_metrics import calc_metrics
 from entrypoints.calc_metrics import main as calc_metrics_main
 from entrypoints.evaluate import CONFIG_DIR, REFERENCE_COLUMNS, evaluate, load_rgb
-from lightning_modules.checkpoints import ModelFile, load_model_file, save_model_file
-from lightning_modules.codec import DCVICCodec
-from lightning_modules.metrics import MetricSuite, psnr_per_image, to_uint8
+from lightning_modules.codec.image_codec import DCVICCodec
+from lightning_modules.evaluation.metrics import MetricSuite, psnr_per_image, to_uint8
+from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.perceptual import ALEXNET_FILE
 from tests.support.metric_backbones import small_metric_suite, write_random_alexnet

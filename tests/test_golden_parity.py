@@ -143,9 +143,7 @@ def check_end_to_end(model, case: Case) -> None:
     assert_close(out.y_hat, case["y_hat"], Y_HAT_ATOL, "y_hat")
     assert_equal(out.synthesis.pred_vq_indices, case["pred_vq_indices"], "predicted VQ indices")
     expected_bpp = case.meta["scalars"]["bpp"]["value"]
-    assert abs(out.bpp().item() - expected_bpp) <= 1e-5 * expected_bpp, (
-        f"bpp {out.bpp().item()} vs {expected_bpp}"
-    )
+    assert abs(out.bpp().item() - expected_bpp) <= 1e-5 * expected_bpp, f"bpp {out.bpp().item()} vs {expected_bpp}"
     assert_close(out.x_hat, case["fake_f32"], FLOAT_ATOL, "reconstruction")
     ours, theirs = to_u8(out.x_hat).astype(int), case["fake_u8"].numpy().astype(int)
     assert np.abs(ours - theirs).max() <= 1

@@ -12,8 +12,8 @@ import skimage.data
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from lightning_modules import metrics
-from lightning_modules.metrics import (
+from lightning_modules.evaluation import metrics
+from lightning_modules.evaluation.metrics import (
     INCEPTION_FILE,
     VGG16_FILE,
     MetricSuite,

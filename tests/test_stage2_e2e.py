@@ -15,14 +15,15 @@ from hydra.utils import instantiate
 from PIL import Image
 from skimage import data
 
-from lightning_modules.beta_sampling import SelectedBetaSampler, load_selected_betas
-from lightning_modules.beta_search import write_search_csv
-from lightning_modules.beta_selection import RandomPatchFeatures, select_betas
-from lightning_modules.checkpoints import ModelFile, load_model_file, save_model_file
-from lightning_modules.metrics import PatchDistributionMetrics
+from entrypoints.runners import run_stage2
+from lightning_modules.evaluation.metrics import PatchDistributionMetrics
+from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic
-from lightning_modules.stage2 import SearchSettings, average_bpp, run_rate_search, run_selection, run_stage2
-from lightning_modules.validation_set import build_validation_set, tokenizer_from_model_file
+from lightning_modules.stage2.jobs import SearchSettings, average_bpp, run_rate_search, run_selection
+from lightning_modules.stage2.search import write_search_csv
+from lightning_modules.stage2.selection import RandomPatchFeatures, select_betas
+from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
+from lightning_modules.training.beta_sampling import SelectedBetaSampler, load_selected_betas
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.15
@@ -134,7 +135,7 @@ def test_sweep_select_and_stage3(stage2_inputs: dict[str, Path]):
         "batch_size=2",
         "fid_min_images=2",
         "save_images=true",
-        "fid_features._target_=lightning_modules.beta_selection.RandomPatchFeatures",
+        "fid_features._target_=lightning_modules.stage2.selection.RandomPatchFeatures",
         "+fid_features.num_features=8",
     ]
     done = subprocess.run(select, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -184,7 +185,7 @@ def test_stage2_as_a_training_stage(stage2_inputs: dict[str, Path], tmp_path: Pa
         "stage2.search.num_workers=0",
         "stage2.search.device=cpu",
         "stage2.fid_min_images=2",
-        "stage2.fid_features._target_=lightning_modules.beta_selection.RandomPatchFeatures",
+        "stage2.fid_features._target_=lightning_modules.stage2.selection.RandomPatchFeatures",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -214,7 +215,7 @@ def test_selection_refuses_another_models_search(stage2_inputs: dict[str, Path],
 
 
 def test_selection_says_which_target_was_never_reached(tmp_path: Path):
-    from lightning_modules.beta_search import bisect_search
+    from lightning_modules.stage2.search import bisect_search
 
     missed = bisect_search(lambda b: 0.3 - 0.01 * b, target_bpp=TARGET)
     write_search_csv(missed, 1.0, tmp_path / "result_beta_vq_1.00_target_rate_0.150.csv")
@@ -243,7 +244,7 @@ def test_whole_recipe_runs_in_order(stage2_inputs: dict[str, Path], tmp_path: Pa
         "++stage2.num_images=2", "++stage2.beta_vqs=[1.0,3.0]", "++stage2.targets_bpp=[0.1,0.2]", "++stage2.workers=2",
         "++stage2.search.tolerance=10", "++stage2.search.batch_size=2", "++stage2.search.num_workers=0",
         "++stage2.search.device=cpu", "++stage2.fid_min_images=2",
-        "++stage2.fid_features._target_=lightning_modules.beta_selection.RandomPatchFeatures",
+        "++stage2.fid_features._target_=lightning_modules.stage2.selection.RandomPatchFeatures",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tiled VQGAN encoding and tiled decoding (spec §6.6), including sizes where the reference crashes."""
+"""Tiled VQGAN encoding and tiled decoding (design §6.6), including sizes where the reference crashes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lightning_modules.codec import image_to_tensor
+from lightning_modules.codec.image_codec import image_to_tensor
 from lightning_modules.networks.tiling import keep_ranges, tile_starts, tiled_apply
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model
 
@@ -76,7 +76,7 @@ def test_tiled_apply_equals_whole_image_for_a_local_function(shape, tile: int, s
 def test_tiled_vq_encoding_on_a_wide_short_image() -> None:
     """1152×384 (long side above 1024, padded short side under 512: the reference crashes here).
 
-    Latent columns must come from the tile the spec names, and quantisation happens once afterwards. The
+    Latent columns must come from the tile the tiling rule names, and quantisation happens once afterwards. The
     tiled decoder on this size is exercised end to end by ``test_codec``.
     """
     model = seeded_model(MICRO_ARCHITECTURE)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.checkpoints import load_model_file
+from lightning_modules.model_file import load_model_file
 
 pytestmark = pytest.mark.slow  # real subprocesses; minutes on a loaded 2-core machine
 REPO = Path(__file__).resolve().parents[1]

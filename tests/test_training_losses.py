@@ -1,4 +1,4 @@
-"""Loss terms (spec §4.2), beta sampling (§4.3), the anomaly rule (§4.8) and the offline LPIPS builder."""
+"""Loss terms (design §4.2), beta sampling (§4.3), the anomaly rule (§4.8) and the offline LPIPS builder."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import alexnet
 
-from lightning_modules.beta_sampling import SelectedBetaSampler, UniformBetaSampler
-from lightning_modules.losses import (
+from lightning_modules.perceptual import ALEXNET_FILE, build_lpips
+from lightning_modules.training.beta_sampling import SelectedBetaSampler, UniformBetaSampler
+from lightning_modules.training.losses import (
     DCVICLoss,
     discriminator_loss,
     focal_cross_entropy,
@@ -19,7 +20,6 @@ from lightning_modules.losses import (
     is_anomalous,
     mse_01,
 )
-from lightning_modules.perceptual import ALEXNET_FILE, build_lpips
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Each stage trains a few iterations on CPU (tiny network): finite losses, exactly the spec's parameters change,
-and every stage starts from its predecessor's ``model.pt`` (spec §4.9)."""
+"""Each stage trains a few iterations on CPU (tiny network): finite losses, exactly the design's parameters change,
+and every stage starts from its predecessor's ``model.pt`` (design §4.9)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from entrypoints.train import CONFIG_DIR, TrainingRun, network_architecture, prepare_run, quote_stage_choices
-from lightning_modules.checkpoints import RELEASED_QUALITY_TABLE, load_model_file
-from lightning_modules.stage_init import LAST_CHECKPOINT, MODEL_FILE, export_model_file
+from entrypoints.runners import TrainingRun, network_architecture, prepare_run
+from entrypoints.train import CONFIG_DIR, quote_stage_choices
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
+from lightning_modules.training.stage_init import LAST_CHECKPOINT, MODEL_FILE, export_model_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 ITERATIONS = 2

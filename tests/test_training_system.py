@@ -7,12 +7,12 @@ import functools
 import pytest
 import torch
 
-from lightning_modules.adversarial_system import AdversarialSystem
-from lightning_modules.beta_sampling import UniformBetaSampler
-from lightning_modules.losses import DCVICLoss
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
-from lightning_modules.rate_distortion_system import RateDistortionSystem
+from lightning_modules.training.adversarial import AdversarialSystem
+from lightning_modules.training.beta_sampling import UniformBetaSampler
+from lightning_modules.training.losses import DCVICLoss
+from lightning_modules.training.rate_distortion import RateDistortionSystem
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-4)
 FLAT = functools.partial(torch.optim.lr_scheduler.ConstantLR, factor=1.0)

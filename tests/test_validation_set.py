@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 from lightning_modules.networks.vqgan import FrozenVQGAN
-from lightning_modules.validation_set import (
+from lightning_modules.stage2.validation_set import (
     CachedVQDataset,
     build_validation_set,
     image_to_tensor,

@@ -17,11 +17,12 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 from skimage import data as skdata
 from torch.utils.data import DataLoader
 
+from entrypoints.runners import train_vqgan
 from entrypoints.train import CONFIG_DIR, quote_stage_choices
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.networks.vqgan import FrozenVQGAN, load_vqgan
 from lightning_modules.networks.vqgan_trainable import TrainableVQGAN, build_patch_discriminator
-from lightning_modules.vqgan_system import (
+from lightning_modules.training.vqgan import (
     CodeUsageWindow,
     VQGANSystem,
     adaptive_adversarial_weight,
@@ -29,7 +30,6 @@ from lightning_modules.vqgan_system import (
     export_taming_checkpoint,
     generator_adversarial_loss,
     optional_lpips,
-    train_vqgan,
 )
 from tests.support.metric_backbones import write_random_alexnet
 

@@ -17,9 +17,7 @@ from tests.support import weight_fill as wf
 
 GOLDEN = wf.golden_dir()
 if not GOLDEN.is_dir():
-    pytest.skip(
-        f"golden reference directory {GOLDEN} not found (set DCVIC_GOLDEN_DIR)", allow_module_level=True
-    )
+    pytest.skip(f"golden reference directory {GOLDEN} not found (set DCVIC_GOLDEN_DIR)", allow_module_level=True)
 
 FINGERPRINT_VQGAN = "e41ffe963c28434f3c1344d6846334346b931bb3fb2fa91e67de22bb4af345b7"
 FINGERPRINT_COMP_PARAMS = "6811c3c91951f5fc51e0f90e2919921e8f9438e411b736005b537735d45cdb5a"

@@ -1,4 +1,4 @@
-"""Dual beta conditioning (spec §2): Fourier features, the condition MLP and scale-shift ("FT") modules.
+"""Dual beta conditioning (design §2): Fourier features, the condition MLP and scale-shift ("FT") modules.
 
 Data flow::
 
@@ -28,7 +28,7 @@ def as_beta_tensor(beta: BetaLike) -> Tensor:
 
 
 def fourier_features(beta: BetaLike, beta_max: float, num_freqs: int = 10) -> Tensor:
-    """``[b, sin(b·2^k)…, cos(b·2^k)…]`` with ``b = 2(β/β_max − ½)``, no π (spec §2.1).
+    """``[b, sin(b·2^k)…, cos(b·2^k)…]`` with ``b = 2(β/β_max − ½)``, no π (design §2.1).
 
     Computed on the CPU in float32 because sin/cos of arguments up to 512 rad are only bit-reproducible there.
     Returns (N, 2·num_freqs + 1) on the CPU.
@@ -71,7 +71,7 @@ class BetaConditionMLP(nn.Sequential):
 
 
 class BetaScaleShift(nn.Module):
-    """FiLM-style modulation of a feature map by the beta condition (spec §2.3)."""
+    """FiLM-style modulation of a feature map by the beta condition (design §2.3)."""
 
     def __init__(self, feat_ch: int, cond_ch: int = 128) -> None:
         super().__init__()

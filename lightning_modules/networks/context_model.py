@@ -1,4 +1,4 @@
-"""Channel-wise autoregressive entropy parameters with latent residual prediction (ChARM, spec §3.5).
+"""Channel-wise autoregressive entropy parameters with latent residual prediction (ChARM, design §3.5).
 
 ``y`` is split into ``num_slices`` channel slices. Slice ``k`` is modelled from the hyper-synthesis output and
 the *first* ``min(k, max_support)`` reconstructed slices::
@@ -69,12 +69,8 @@ class ChannelContextModel(nn.Module):
         self.slice_ch = y_ch // num_slices
         self.lrp_scale = lrp_scale
         support_ch = [hyper_ch + self.slice_ch * min(k, max_support) for k in range(num_slices)]
-        self.mean_slice_transforms = nn.ModuleList(
-            [SliceTransform(c, self.slice_ch, hidden_ch) for c in support_ch]
-        )
-        self.scale_slice_transforms = nn.ModuleList(
-            [SliceTransform(c, self.slice_ch, hidden_ch) for c in support_ch]
-        )
+        self.mean_slice_transforms = nn.ModuleList([SliceTransform(c, self.slice_ch, hidden_ch) for c in support_ch])
+        self.scale_slice_transforms = nn.ModuleList([SliceTransform(c, self.slice_ch, hidden_ch) for c in support_ch])
         self.lrp_slice_transforms = nn.ModuleList(
             [SliceTransform(c + self.slice_ch, self.slice_ch, hidden_ch) for c in support_ch]
         )

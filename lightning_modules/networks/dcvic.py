@@ -1,4 +1,4 @@
-"""The DC-VIC compression model: composition of the sub-networks and the forward data flow (spec §1.2).
+"""The DC-VIC compression model: composition of the sub-networks and the forward data flow (design §1.2).
 
 ::
 
@@ -108,9 +108,7 @@ class DCVICOutput:
     def bpp_per_sample(self) -> Tensor:
         """(N,) bits of each sample divided by its own pixel count (stage 1_2's weighted rate loss)."""
         n = self.x_hat.shape[0]
-        return (bits_per_sample(self.likelihoods["y"]) + bits_per_sample(self.likelihoods["z"])) / (
-            self.num_pixels / n
-        )
+        return (bits_per_sample(self.likelihoods["y"]) + bits_per_sample(self.likelihoods["z"])) / (self.num_pixels / n)
 
     def vq_accuracy(self) -> Tensor:
         return (self.synthesis.pred_vq_indices == self.vq.indices).float().mean()
@@ -171,9 +169,7 @@ class DCVIC(nn.Module):
         onehot = F.one_hot(vq.indices.long(), self.vq_model.n_embed).permute(0, 3, 1, 2)
         return torch.cat([vq.latent, onehot.to(vq.latent.dtype)], dim=1).detach()
 
-    def analysis(
-        self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None
-    ) -> Tensor:
+    def analysis(self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> Tensor:
         """``y`` (N, 192, H/16, W/16); in eval mode above 1344 px from overlapping tiles, to bound memory."""
         features = self.vq_features(vq)
         if self.training or not needs_tiling(*x.shape[-2:], threshold=ANALYSIS_TILE):
@@ -369,9 +365,7 @@ def build_dcvic(
         decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs),
         hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
         hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
-        context_model=ChannelContextModel(
-            main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)
-        ),
+        context_model=ChannelContextModel(main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)),
         entropy_model_z=SteEntropyBottleneck(z_ch),
         entropy_model_y=SteGaussianConditional(),
         vq_estimator=SwinVqEstimator(

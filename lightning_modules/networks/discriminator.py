@@ -1,4 +1,4 @@
-"""Beta-conditioned PatchGAN discriminator (spec §3.11, the released "patchgan" model).
+"""Beta-conditioned PatchGAN discriminator (design §3.11, the released "patchgan" model).
 
 The 8-channel beta condition is tiled over the image and concatenated after RGB (11 input channels)::
 

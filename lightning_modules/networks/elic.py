@@ -1,4 +1,4 @@
-"""ELIC-style analysis and synthesis transforms (spec §3.1–3.3), with and without dual beta conditioning.
+"""ELIC-style analysis and synthesis transforms (design §3.1–3.3), with and without dual beta conditioning.
 
 Analysis (dual-conditioned; ``FTi`` after every layer, VQ features injected at 1/8)::
 
@@ -26,9 +26,7 @@ def conv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d
 
 
 def deconv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(
-        in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1
-    )
+    return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1)
 
 
 class BottleneckUnit(nn.Module):
@@ -91,7 +89,7 @@ class SimplifiedAttention(nn.Module):
 
 
 class ElicVqEncoder(nn.Module):
-    """Analysis transform taking the image and the VQ side features (spec §3.2).
+    """Analysis transform taking the image and the VQ side features (design §3.2).
 
     ``dual_conditioned=False`` is the stage-1_1 encoder: the same layers without MLP and FT modules, so that
     its parameter names are a subset of the dual encoder's.
@@ -155,7 +153,7 @@ class DecoderFeatures:
 
 
 class ElicFeatureDecoder(nn.Module):
-    """Synthesis transform used as a multi-scale feature extractor (spec §3.3)."""
+    """Synthesis transform used as a multi-scale feature extractor (design §3.3)."""
 
     layer_order = ("attn1", "conv1", "block1", "conv2", "attn2", "block2", "conv3", "block3", "conv4")
     fusion_layers = {"block1": "block_1_8", "block2": "block_1_4", "block3": "block_1_2"}

@@ -1,4 +1,4 @@
-"""compressai entropy models with DC-VIC's training behaviour (spec §3.6, §3.7).
+"""compressai entropy models with DC-VIC's training behaviour (design §3.6, §3.7).
 
 Training: likelihoods come from the noisy value ``v + U(−½, ½)`` while the reconstruction uses straight-through
 rounding around the median (z) or the predicted mean (y), so the decoder trains on the values it will see.
@@ -41,9 +41,7 @@ class SteGaussianConditional(GaussianConditional):
     def __init__(self, scale_bound: float = 0.11, **kwargs) -> None:
         super().__init__(None, scale_bound=scale_bound, **kwargs)
 
-    def forward(
-        self, y: Tensor, scales: Tensor, means: Tensor, training: bool | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, y: Tensor, scales: Tensor, means: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
         training = self.training if training is None else training
         outputs, likelihood = super().forward(y, scales, means=means, training=training)
         if not training:

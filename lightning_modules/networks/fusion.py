@@ -1,4 +1,4 @@
-"""SFT fusion of decoder features into the VQGAN decoder (spec §3.10).
+"""SFT fusion of decoder features into the VQGAN decoder (design §3.10).
 
 Fused decoding (``u`` = condition first)::
 
@@ -63,9 +63,7 @@ class VqDecoderFusion(nn.Module):
 
     level_keys = {3: "block_1_8", 2: "block_1_4", 1: "block_1_2"}
 
-    def __init__(
-        self, cond_ch: int = 192, vq_ch: int = 128, vq_ch_mult: tuple[int, ...] = (1, 2, 2, 4)
-    ) -> None:
+    def __init__(self, cond_ch: int = 192, vq_ch: int = 128, vq_ch_mult: tuple[int, ...] = (1, 2, 2, 4)) -> None:
         super().__init__()
         self.fusion_modules = nn.ModuleDict(
             {

@@ -1,4 +1,4 @@
-"""Minnen-2020 hyper-analysis and two-branch hyper-synthesis (spec §3.4)."""
+"""Minnen-2020 hyper-analysis and two-branch hyper-synthesis (design §3.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tiled processing of large images (spec §6.6), so memory stays bounded above 1024 px.
+"""Tiled processing of large images (design §6.6), so memory stays bounded above 1024 px.
 
 Along each axis, tiles of ``tile`` input units start every ``stride`` units; the last tile is pulled back so
 it ends at the border. Each tile contributes only its centre band (``(tile − stride)/2`` units inside each

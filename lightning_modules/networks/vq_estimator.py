@@ -1,4 +1,4 @@
-"""Swin-transformer VQ estimator (spec §3.8): decoder features at 1/8 → VQGAN code logits.
+"""Swin-transformer VQ estimator (design §3.8): decoder features at 1/8 → VQGAN code logits.
 
 ::
 
@@ -84,9 +84,7 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer(
-            "relative_position_index", relative_position_index(window_size), persistent=False
-        )
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
@@ -117,9 +115,7 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    def __init__(
-        self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float = 4.0
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.window_size = window_size
         self.shift = shift
@@ -155,10 +151,7 @@ class SwinGroup(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            [
-                SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2)
-                for i in range(depth)
-            ]
+            [SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2) for i in range(depth)]
         )
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:

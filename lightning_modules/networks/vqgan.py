@@ -1,4 +1,4 @@
-"""The frozen, pre-trained VQGAN (taming "vq-f8-n256"), built from taming's own modules (spec §3.9).
+"""The frozen, pre-trained VQGAN (taming "vq-f8-n256"), built from taming's own modules (design §3.9).
 
 Frozen in one place: :class:`FrozenVQGAN` sets ``requires_grad_(False)`` and keeps itself in eval mode
 through any ``.train()`` call. Gradients still flow *through* its decoder into the fusion blocks.

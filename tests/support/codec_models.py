@@ -8,7 +8,7 @@ import numpy as np
 import skimage.data
 import torch
 
-from lightning_modules.checkpoints import ModelFile, save_model_file
+from lightning_modules.model_file import ModelFile, save_model_file
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic
 
 MICRO_ARCHITECTURE: dict = dict(

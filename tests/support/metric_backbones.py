@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.models import alexnet
 from torchvision.models.vgg import make_layers
 
-from lightning_modules.metrics import DistsNetwork, MetricSuite, build_lpips_metric
+from lightning_modules.evaluation.metrics import DistsNetwork, MetricSuite, build_lpips_metric
 
 # VGG16's "D" layout (same layer indices) with narrow widths.
 SMALL_VGG_LAYOUT = [8, 8, "M", 16, 16, "M", 16, 16, 16, "M", 32, 32, 32, "M", 32, 32, 32, "M"]

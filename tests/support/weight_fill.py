@@ -281,7 +281,7 @@ def fill_spec(local_key: str, shape: tuple[int, ...]) -> FillSpec:
         return FillSpec("bias", 0.0, 0.05)
     if local_key.endswith(".weight") and len(shape) >= 2:
         fan_in = math.prod(shape[1:])
-        # Python floats are IEEE float64: correctly rounded division, sqrt and product, as the spec asks.
+        # Python floats are IEEE float64: correctly rounded division, sqrt and product, as WEIGHT_FILL.md asks.
         return FillSpec("weight", 0.0, weight_gain(local_key) * math.sqrt(3.0 / fan_in))
     raise ValueError(f"no fill rule matches {local_key!r} with shape {shape}")
 
@@ -369,9 +369,7 @@ def local_key_of(seed_string: str) -> str:
     return seed_string.split("/", 1)[1]
 
 
-def fill_state_dict(
-    rows: Iterable[ManifestRow], seed_string_for_key: Callable[[str], str]
-) -> dict[str, torch.Tensor]:
+def fill_state_dict(rows: Iterable[ManifestRow], seed_string_for_key: Callable[[str], str]) -> dict[str, torch.Tensor]:
     """Fill every ``param`` row (buffers are skipped: they are derived, never filled)."""
     out: dict[str, torch.Tensor] = {}
     for row in rows:
@@ -484,9 +482,7 @@ def filled_comp_model_state_dict(
         if vqgan_state_dict is not None and row.key.startswith(VQ_MODEL_PREFIX):
             src = vqgan_state_dict[row.key[len(VQ_MODEL_PREFIX) :]]
             if tuple(src.shape) != row.shape:
-                raise ValueError(
-                    f"{row.key}: VQGAN tensor has shape {tuple(src.shape)}, manifest {row.shape}"
-                )
+                raise ValueError(f"{row.key}: VQGAN tensor has shape {tuple(src.shape)}, manifest {row.shape}")
             out[name] = src.detach().clone()
             continue
         seed = seed_string_for(NS_COMP_MODEL, row.key)

@@ -16,7 +16,7 @@
     end-4  4     uint32    CRC-32 of every byte before it
 
 The betas are stored even with a quality index, so a file decodes without knowing any quality table. The
-legacy layout (spec §6.4) has a 6-byte native-endian header and no identity; see :func:`read_legacy`.
+legacy layout (design §6.4) has a 6-byte native-endian header and no identity; see :func:`read_legacy`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from compressai.entropy_models import EntropyBottleneck
 
-from .networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
+from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
 
 MAGIC = b"DCVC"
 FORMAT_VERSION = 1
@@ -132,7 +132,7 @@ def guard_stream(string: bytes, num_symbols: int) -> bytes:
     return string + bytes(4 * num_symbols + 64)
 
 
-# --- the authors' format (spec §6.4) ---
+# --- the authors' format (design §6.4) ---
 
 _LEGACY_HEADER = struct.Struct("<HHBB")
 _LEGACY_LENGTH = struct.Struct("<I")

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .bitstream import Container
-from .codec import Conditioning, DCVICCodec, image_to_tensor, tensor_to_image
+from lightning_modules.codec.container import Container
+from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, tensor_to_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CONTAINER_SUFFIX = ".dcvic"

@@ -1,4 +1,4 @@
-"""Validation metrics of spec §7, computed on one image (batch 1) at one beta setting."""
+"""Validation metrics of design §7, computed on one image (batch 1) at one beta setting."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
 )
 
-from .networks.dcvic import DCVICOutput
+from lightning_modules.networks.dcvic import DCVICOutput
 
 MS_SSIM_MIN_SIDE = 161  # five scales of an 11-px window need > 160 px
 
 
 def to_uint8_levels(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 255] *truncated* like the reference's PNG writer (spec §8.1 quirk 11), as float."""
+    """[-1, 1] -> [0, 255] *truncated* like the reference's PNG writer (design §8.1 quirk 11), as float."""
     return ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).float()
 
 

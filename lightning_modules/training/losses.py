@@ -1,4 +1,4 @@
-"""Training losses of spec §4.2 as one weighted sum whose terms are logged separately.
+"""Training losses of design §4.2 as one weighted sum whose terms are logged separately.
 
 Every weight is a constructor argument; a weight of 0 drops the term. ``exp_beta_weighting`` (stage 1_2 only)
 turns the rate and code terms into ``mean_n(exp(β_n)·ℓ_n)`` with ``ℓ_n`` the per-sample mean of the term.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .networks.dcvic import DCVICOutput
+from lightning_modules.networks.dcvic import DCVICOutput
 
 ANOMALY_LIMIT = 1e4
 
@@ -40,14 +40,14 @@ def generator_gan_loss(fake_logits: Tensor) -> Tensor:
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
-    """(BCE(D(x), 1), BCE(D(x̂), 0)); the D loss is their mean, unweighted (spec §4.2)."""
+    """(BCE(D(x), 1), BCE(D(x̂), 0)); the D loss is their mean, unweighted (design §4.2)."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     return real, fake
 
 
 def is_anomalous(loss: Tensor) -> bool:
-    """The reference skips an iteration whose total loss is NaN, ±Inf or above 1e4 (spec §4.8)."""
+    """The reference skips an iteration whose total loss is NaN, ±Inf or above 1e4 (design §4.8)."""
     return not bool(torch.isfinite(loss)) or float(loss) > ANOMALY_LIMIT
 
 

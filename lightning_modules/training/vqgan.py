@@ -23,16 +23,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from taming.modules.losses.vqperceptual import hinge_d_loss, vanilla_d_loss
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from .networks.vqgan_trainable import TrainableVQGAN
-from .perceptual import build_lpips
-from .stage_init import LAST_CHECKPOINT
+from lightning_modules.networks.vqgan_trainable import TrainableVQGAN
+from lightning_modules.perceptual import build_lpips
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -274,26 +271,4 @@ def export_taming_checkpoint(source: VQGANSystem | TrainableVQGAN, path: str | P
     tmp = path.with_name(path.name + ".partial")
     torch.save({"state_dict": state, "architecture": dict(vqgan.architecture)}, tmp)
     os.replace(tmp, path)
-    return path
-
-
-def train_vqgan(cfg: DictConfig) -> Path:
-    """Stage 0 from a composed ``train.yaml`` config: fit (resuming from ``last.ckpt``), export ``vqgan.ckpt``."""
-    run_dir = Path(cfg.run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    system = instantiate(
-        cfg.module,
-        vqgan=instantiate(cfg.network),
-        discriminator=instantiate(cfg.discriminator),
-        optimizer=instantiate(cfg.optim.optimizer),
-        disc_optimizer=instantiate(cfg.optim.disc_optimizer),
-    )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
-    last = run_dir / LAST_CHECKPOINT
-    trainer.fit(system, datamodule=instantiate(cfg.data), ckpt_path=last if last.is_file() else None)
-    path = run_dir / VQGAN_FILE
-    if trainer.is_global_zero and system.iteration >= system.max_iterations:
-        export_taming_checkpoint(system, path)
-        log.info("wrote %s (%d iterations)", path, system.iteration)
     return path

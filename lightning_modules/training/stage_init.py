@@ -1,4 +1,4 @@
-"""Start a stage from its predecessor's output (spec §4.9) and export a finished stage as a dcvic model file.
+"""Start a stage from its predecessor's output (design §4.9) and export a finished stage as a dcvic model file.
 
 Run-directory convention: stage ``S`` of run ``E`` (``run_name``) lives in ``<runs_dir>/E/stage_S/`` and, when finished,
 holds ``model.pt`` (weights, discriminator, quality table) and ``checkpoints/last.ckpt`` (Lightning state, incl.
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
-from .system import DCVICSystem
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
+from lightning_modules.training.system import DCVICSystem
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"

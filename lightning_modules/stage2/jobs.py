@@ -1,4 +1,4 @@
-"""Stage 2 glue between the model and the pure search/selection code (spec §5).
+"""Stage 2 glue between the model and the pure search/selection code (design §5).
 
 ``evaluate(beta_rate)`` for the search runs only the analysis and entropy stages with the cached VQ indices
 (the VQGAN encoder and the whole synthesis path are skipped: they do not change the rate), in eval mode,
@@ -20,27 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from joblib import Parallel, delayed
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .beta_search import SEARCH_METHODS, BppMemo, SearchResult, search_csv_name, write_search_csv
-from .beta_selection import Selection, select_betas
-from .checkpoints import load_model_file
-from .metrics import FID_MIN_IMAGES, PatchDistributionMetrics
-from .networks.dcvic import DCVIC, bits, pad_to_multiple
-from .stage_init import resolve_model_file
-from .validation_set import CachedVQDataset, build_validation_set, tokenizer_from_model_file
+from lightning_modules.evaluation.metrics import FID_MIN_IMAGES, PatchDistributionMetrics
+from lightning_modules.model_file import load_model_file
+from lightning_modules.networks.dcvic import DCVIC, bits, pad_to_multiple
+from lightning_modules.stage2.search import SEARCH_METHODS, BppMemo, SearchResult, search_csv_name, write_search_csv
+from lightning_modules.stage2.selection import Selection, select_betas
+from lightning_modules.stage2.validation_set import CachedVQDataset
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How each (beta_vq, target) job searches; the defaults are the reference's (spec §5.2)."""
+    """How each (beta_vq, target) job searches; the defaults are the reference's (design §5.2)."""
 
     method: str = "illinois"
     tolerance: float = 0.001
@@ -210,49 +207,3 @@ def _check_search_provenance(search_dir: Path, fingerprint: str) -> None:
             f"{len(foreign)} search results in {search_dir} come from another model (e.g. {foreign[0]}); "
             "search again with this model or point search_dir elsewhere"
         )
-
-
-def run_stage2(cfg: DictConfig) -> Path:
-    """Stage 2 as a stage of ``entrypoints/train.py`` (``+stage=2``): returns ``<run_dir>/selected_betas.yaml``.
-
-    Builds (or completes) the cached validation set, runs the whole (beta_vq, target) grid over
-    ``stage2.workers`` processes and selects one pair per target into ``run_dir``; re-running after a crash
-    reuses the crops and every memoised bpp.
-    """
-    stage, run_dir = cfg.stage2, Path(cfg.run_dir)
-    model_file = str(resolve_model_file(stage.model_file))
-    settings: SearchSettings = instantiate(stage.search)
-    device = resolve_device(settings.device)
-    tokenizer = tokenizer_from_model_file(model_file)
-    build_validation_set(
-        stage.images,
-        stage.val_set,
-        tokenizer,
-        stage.num_images,
-        stage.crop_size,
-        stage.val_seed,
-        stage.image_pattern,
-        device,
-    )
-    beta_vqs, targets = [float(b) for b in stage.beta_vqs], [float(t) for t in stage.targets_bpp]
-    search_dir = run_dir / "search"
-    search_grid(
-        model_file, stage.val_set, str(search_dir), str(run_dir / "memo"), beta_vqs, targets, settings, stage.workers
-    )
-    selection = run_selection(
-        model_file,
-        stage.val_set,
-        str(search_dir),
-        str(run_dir),
-        beta_vqs,
-        targets,
-        instantiate(stage.fid_features),
-        stage.alpha,
-        settings.tolerance,
-        settings.batch_size,
-        device,
-        stage.fid_min_images,
-        stage.save_images,
-    )
-    log.info("stage 2 selected %s -> %s", selection.as_betas_overrides(), selection.yaml_path)
-    return selection.yaml_path

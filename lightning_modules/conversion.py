@@ -1,4 +1,4 @@
-"""Conversion of the authors' DC-VIC checkpoints (spec §3.12, golden/CHECKPOINT_FORMAT.md) to dcvic model files.
+"""Conversion of the authors' DC-VIC checkpoints (design §3.12, golden/CHECKPOINT_FORMAT.md) to dcvic model files.
 
 The mapping is data: :data:`KEY_RENAMES` rewrites names, :data:`DERIVED_KEYS` lists buffers that dcvic
 recomputes instead of reading. Every other key must exist in our model with the same shape; unknown keys are
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoints import RELEASED_QUALITY_TABLE, ModelFile
-from .networks.dcvic import build_dcvic
-from .networks.discriminator import BetaConditionedPatchGAN
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile
+from lightning_modules.networks.dcvic import build_dcvic
+from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
 
 KEY_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^module\.", ""),  # saved from DataParallel
@@ -133,9 +133,7 @@ def convert_authors_checkpoint(
     disc_state = None
     if discriminator_path is not None:
         disc = BetaConditionedPatchGAN()
-        disc_state, _ = convert_state_dict(
-            read_authors_file(discriminator_path, "discriminator"), disc.state_dict()
-        )
+        disc_state, _ = convert_state_dict(read_authors_file(discriminator_path, "discriminator"), disc.state_dict())
         disc.load_state_dict(disc_state, strict=True)
     return (
         ModelFile(

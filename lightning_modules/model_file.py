@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .networks.dcvic import DCVIC, build_dcvic
-from .networks.discriminator import BetaConditionedPatchGAN
+from lightning_modules.networks.dcvic import DCVIC, build_dcvic
+from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
 
 FORMAT = "dcvic-model"
 VERSION = 1
@@ -104,9 +104,7 @@ def load_model_file(path: str | Path) -> ModelFile:
         raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from exc
     if isinstance(data, dict) and data.get("format") == FORMAT:
         if data.get("version") != VERSION:
-            raise ValueError(
-                f"{path}: model file version {data.get('version')} is not supported (want {VERSION})"
-            )
+            raise ValueError(f"{path}: model file version {data.get('version')} is not supported (want {VERSION})")
         return ModelFile(
             architecture=dict(data["architecture"]),
             state_dict=data["state_dict"],

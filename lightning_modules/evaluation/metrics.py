@@ -1,4 +1,4 @@
-"""Evaluation metrics computed the way the DC-VIC paper computed them (spec §6.7, §7).
+"""Evaluation metrics computed the way the DC-VIC paper computed them (design §6.7, §7).
 
 * PSNR: 8-bit images, ``MSE = Σerr² / 3HW`` per image, the reported value is the mean of per-image PSNRs.
   Model outputs become 8-bit by **truncation** ``uint8((x + 1) / 2 · 255)`` like the reference's PNG writer;
@@ -32,7 +32,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.models.vgg import cfgs as vgg_configs
 from torchvision.models.vgg import make_layers
 
-from .perceptual import ALEXNET_FILE, build_lpips
+from lightning_modules.perceptual import ALEXNET_FILE, build_lpips
 
 PATCH_SIZE = 256
 PATCH_SHIFT = 128
@@ -233,7 +233,7 @@ class _PrecomputedFeatures(nn.Identity):
 
 
 class PatchDistributionMetrics:
-    """FID and KID between originals and reconstructions over HiFiC patches (spec §6.7).
+    """FID and KID between originals and reconstructions over HiFiC patches (design §6.7).
 
     ``feature_extractor`` maps uint8 (B, 3, 256, 256) patches to (B, D) features (Inception pool3 for real
     numbers). Features are extracted once per patch and fed to both torchmetrics metrics.

@@ -1,4 +1,4 @@
-"""Per-sample (β_rate, β_vq) draws for training (spec §4.3) and the fixed validation settings (spec §7).
+"""Per-sample (β_rate, β_vq) draws for training (design §4.3) and the fixed validation settings (design §7).
 
 ``UniformBetaSampler``: β_r = β_r,max·i/(L−1), β_v = β_v,max·j/(L−1), i, j ~ UniformInt{0..L−1} independently per
 sample (L = 101 levels including both ends). ``SelectedBetaSampler``: one pair index k per sample from a table.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
+from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
 
 BetaPair = tuple[Tensor, Tensor]
 

@@ -1,4 +1,4 @@
-"""Real compression with a :class:`DCVIC` model: rANS bitstreams for ``z`` and ``y`` (spec §6.1–6.6).
+"""Real compression with a :class:`DCVIC` model: rANS bitstreams for ``z`` and ``y`` (design §6.1–6.6).
 
 ::
 
@@ -29,7 +29,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.models.google import get_scale_table
 from torch import Tensor
 
-from .bitstream import (
+from lightning_modules.codec.container import (
     EXPLICIT_BETAS,
     BitstreamError,
     Container,
@@ -38,10 +38,10 @@ from .bitstream import (
     guard_stream,
     read_legacy,
 )
-from .checkpoints import ModelFile, weights_fingerprint
-from .networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
-from .networks.dcvic import DCVIC, pad_to_multiple
-from .networks.tiling import needs_tiling
+from lightning_modules.model_file import ModelFile, weights_fingerprint
+from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
+from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
+from lightning_modules.networks.tiling import needs_tiling
 
 CPU = torch.device("cpu")
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .beta_sampling import NoBetaSampler, SelectedBetaSampler, UniformBetaSampler
-from .losses import DCVICLoss, is_anomalous
-from .networks.dcvic import DCVIC, DCVICOutput
-from .validation import validation_metrics
+from lightning_modules.networks.dcvic import DCVIC, DCVICOutput
+from lightning_modules.training.beta_sampling import NoBetaSampler, SelectedBetaSampler, UniformBetaSampler
+from lightning_modules.training.losses import DCVICLoss, is_anomalous
+from lightning_modules.training.validation_metrics import validation_metrics
 
 BetaSampler = UniformBetaSampler | SelectedBetaSampler | NoBetaSampler
 NEVER_RUN_PREFIXES = ("decoder.conv4.", "decoder.beta_ft_list.8.")

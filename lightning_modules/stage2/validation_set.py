@@ -1,4 +1,4 @@
-"""Stage-2 validation set: seeded 256×256 crops saved as PNG next to their VQGAN indices (spec §5.1).
+"""Stage-2 validation set: seeded 256×256 crops saved as PNG next to their VQGAN indices (design §5.1).
 
 The crop positions follow the reference's random streams exactly: the sorted listing is shuffled by
 ``np.random.RandomState(seed)``, and for every image at least ``crop_size`` on both sides Python's
@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .checkpoints import load_model_file
-from .networks.vqgan import FrozenVQGAN
+from lightning_modules.model_file import load_model_file
+from lightning_modules.networks.vqgan import FrozenVQGAN
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Stage 2 selection: score each found (beta_rate, beta_vq) pair and keep the best per target (spec §5.3).
+"""Stage 2 selection: score each found (beta_rate, beta_vq) pair and keep the best per target (design §5.3).
 
 For every target bitrate and every ``beta_vq`` whose search met the tolerance, the validation crops are
 reconstructed at the found pair (eval mode, cached VQ indices), then::
@@ -6,7 +6,7 @@ reconstructed at the found pair (eval mode, cached VQ indices), then::
     score = alpha · PSNR − FID          (alpha = 2 in the paper)
 
 with the reference's PSNR (mean of per-image PSNRs on truncated 8-bit outputs) and FID over HiFiC patches
-(``lightning_modules.metrics``). Outputs, in the reference's formats plus one for stage 3::
+(``lightning_modules.evaluation.metrics``). Outputs, in the reference's formats plus one for stage 3::
 
     <save_dir>/target_rate_<t>/result.csv         beta_vq, beta_rate, bpp, psnr, fid, score (best first)
     <save_dir>/beta_selection_results.csv         target_rate, selected_beta_vq, selected_beta_rate
@@ -28,13 +28,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .beta_search import read_best_search_row, search_csv_name
-from .metrics import PatchDistributionMetrics, psnr_per_image, to_uint8
-from .networks.dcvic import DCVIC, bits_per_sample
+from lightning_modules.evaluation.metrics import PatchDistributionMetrics, psnr_per_image, to_uint8
+from lightning_modules.networks.dcvic import DCVIC, bits_per_sample
+from lightning_modules.stage2.search import read_best_search_row, search_csv_name
 
 log = logging.getLogger(__name__)
 
-SAMPLER_TARGET = "lightning_modules.beta_sampling.SelectedBetaSampler"
+SAMPLER_TARGET = "lightning_modules.training.beta_sampling.SelectedBetaSampler"
 SELECTED_YAML = "selected_betas.yaml"
 RESULT_COLUMNS = ["beta_vq", "beta_rate", "bpp", "psnr", "fid", "score"]
 

@@ -1,4 +1,4 @@
-"""Stages 1_3 and 3: GAN fine-tuning of the synthesis side against a beta-conditioned PatchGAN (spec §4.6, §4.7).
+"""Stages 1_3 and 3: GAN fine-tuning of the synthesis side against a beta-conditioned PatchGAN (design §4.6, §4.7).
 
 Trainable: ``decoder``, ``vq_estimator``, ``fusion_module`` (generator) and the discriminator. Encoder,
 hyper-networks, context and entropy models are frozen and run under no-grad in training quantisation mode; the
@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from .losses import DCVICLoss, discriminator_loss
-from .networks.dcvic import DCVIC
-from .networks.discriminator import BetaConditionedPatchGAN
-from .rate_distortion_system import OptimizerFactory, SchedulerFactory
-from .system import BetaSampler, DCVICSystem
+from lightning_modules.networks.dcvic import DCVIC
+from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
+from lightning_modules.training.losses import DCVICLoss, discriminator_loss
+from lightning_modules.training.rate_distortion import OptimizerFactory, SchedulerFactory
+from lightning_modules.training.system import BetaSampler, DCVICSystem
 
 GENERATOR_MODULES = ("decoder", "vq_estimator", "fusion_module")
 FROZEN_MODULES = (

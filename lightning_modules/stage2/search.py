@@ -1,4 +1,4 @@
-"""Stage 2 rate search: find the ``beta_rate`` that hits a target bpp for a fixed ``beta_vq`` (spec §5.2).
+"""Stage 2 rate search: find the ``beta_rate`` that hits a target bpp for a fixed ``beta_vq`` (design §5.2).
 
 Both methods see the model only through ``evaluate(beta_rate) -> avg bpp`` and assume what training makes
 true: the estimated rate falls as ``beta_rate`` rises. Candidates are rounded to 3 decimals like the
@@ -96,7 +96,7 @@ def bisect_search(
     max_evals: int = 10,
     decimals: int = 3,
 ) -> SearchResult:
-    """The reference's binary search (spec §5.2), including its rounding and its 10-run cap."""
+    """The reference's binary search (design §5.2), including its rounding and its 10-run cap."""
     result = SearchResult("bisect", target_bpp, tolerance)
     record = _Recorder(evaluate, result)
     while result.evaluations < max_evals:
@@ -302,7 +302,7 @@ def search_csv_name(beta_vq: float, target_bpp: float) -> str:
 
 
 def write_search_csv(result: SearchResult, beta_vq: float, path: str | Path) -> Path:
-    """``run_cnt, beta_vq, beta_rate, avg_bpp, diff`` with the pandas index, sorted by ``diff`` (spec §5.2)."""
+    """``run_cnt, beta_vq, beta_rate, avg_bpp, diff`` with the pandas index, sorted by ``diff`` (design §5.2)."""
     rows = [
         {"run_cnt": s.run_cnt, "beta_vq": beta_vq, "beta_rate": s.beta_rate, "avg_bpp": s.avg_bpp, "diff": s.diff}
         for s in result.steps

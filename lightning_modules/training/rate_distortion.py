@@ -1,6 +1,6 @@
 """Stages 1_1 and 1_2: rate-distortion pre-training with an auxiliary optimizer for the bottleneck quantiles.
 
-One iteration (spec §4.4, §4.5, §4.8)::
+One iteration (design §4.4, §4.5, §4.8)::
 
     zero main + aux grads → forward → loss, aux = EntropyBottleneck.loss() → [anomaly? skip everything]
     → backward(loss + aux) → clip(main params, 1.0) → main step → main scheduler step → aux step
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .losses import DCVICLoss
-from .networks.dcvic import DCVIC
-from .system import BetaSampler, DCVICSystem
+from lightning_modules.networks.dcvic import DCVIC
+from lightning_modules.training.losses import DCVICLoss
+from lightning_modules.training.system import BetaSampler, DCVICSystem
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
