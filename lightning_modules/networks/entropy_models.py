@@ -7,6 +7,9 @@ Evaluation: compressai's own quantise-then-evaluate path, unchanged.
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
@@ -61,3 +64,26 @@ def load_entropy_tables(module: nn.Module, prefix: str, state_dict: dict[str, Te
         names.append("scale_table")
     if any(f"{prefix}.{n}" in state_dict for n in names):
         update_registered_buffers(module, prefix, names, state_dict)
+
+
+def entropy_bottleneck_124(entropy_model_z: EntropyBottleneck) -> EntropyBottleneck:
+    """A copy whose CDFs are built with compressai 1.2.4's pmf formula (the authors' environment).
+
+    1.2.4 evaluated the pmf as ``|σ(s·u) − σ(s·ℓ)|`` with ``s = −sign(u + ℓ)``; 1.2.8 uses
+    ``σ(u) − σ(ℓ)``. The two differ by float rounding in the tails, which moves a few quantised CDF
+    entries and so changes z streams. Offsets, lengths and tail masses are the same.
+    """
+    eb = copy.deepcopy(entropy_model_z)
+    eb.update(force=True)
+    medians = eb.quantiles[:, 0, 1]
+    pmf_length = eb._cdf_length - 2
+    max_length = int(pmf_length.max())
+    samples = torch.arange(max_length, device=medians.device)[None, :] + (medians + eb._offset)[:, None, None]
+    with torch.no_grad():
+        lower = eb._logits_cumulative(samples - 0.5, stop_gradient=True)
+        upper = eb._logits_cumulative(samples + 0.5, stop_gradient=True)
+        sign = -torch.sign(lower + upper)
+        pmf = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))[:, 0, :]
+        tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
+        eb._quantized_cdf = eb._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
+    return eb
