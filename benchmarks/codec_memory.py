@@ -6,14 +6,17 @@ RSS after building the model is recorded as well, to separate the weights from t
     python benchmarks/codec_memory.py                          # full-size network, random weights
     python benchmarks/codec_memory.py --architecture tiny      # the 5.9 M-parameter test network
     python benchmarks/codec_memory.py --checkpoint dcvic.pt    # a real model file
+    python benchmarks/codec_memory.py --tiling reference       # the authors' 512/256 px tiles (default: fitted)
 
-Writes ``benchmarks/results/codec_memory.json`` (or ``--output``).
+Writes ``benchmarks/results/codec_memory.json`` (or ``--output``); decompress reports the PSNR of the decoded
+photo (8-bit, truncated as the CLI writes it), so two tiling rules can be compared on the same photo.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -31,7 +34,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
+from lightning_modules.codec.image_codec import (  # noqa: E402
+    TILING_RULES,
+    DCVICCodec,
+    image_to_tensor,
+    resolve_conditioning,
+    tensor_to_image,
+)
 from lightning_modules.model_file import ModelFile, load_model_file, save_model_file  # noqa: E402
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic  # noqa: E402
 
@@ -47,45 +56,54 @@ def large_photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height), Image.Resampling.LANCZOS))
 
 
-def report_tiles(model: DCVIC, start: float) -> None:
-    """A line on stderr per tile of the two slow tiled stages: this benchmark runs for an hour on a CPU."""
+def report_tiles(model: DCVIC, start: float) -> dict[str, list[int]]:
+    """A line on stderr per tile of the two slow tiled stages (this benchmark runs for an hour on a CPU); returns
+    the pixels each tile covered, per stage, filled in as they run."""
+    areas: dict[str, list[int]] = {"vq_encoder": [], "synthesis": []}
 
-    def counted(name: str, fn: Callable) -> Callable:
-        calls = 0
-
-        def wrapper(*args, **kwargs):
-            nonlocal calls
-            calls += 1
-            elapsed = time.perf_counter() - start
-            rss = peak_rss_mib()
-            print(f"{name} call {calls}: {elapsed:.0f} s, peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
-            return fn(*args, **kwargs)
+    def counted(name: str, key: str, scale: int, fn: Callable) -> Callable:
+        def wrapper(tile, *args, **kwargs):
+            areas[key].append(tile.shape[-2] * tile.shape[-1] * scale**2)
+            elapsed, rss = time.perf_counter() - start, peak_rss_mib()
+            print(f"{name} {len(areas[key])}: {elapsed:.0f} s, peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
+            return fn(tile, *args, **kwargs)
 
         return wrapper
 
-    model.vq_model.encode_pre_quant = counted("VQGAN encoder tile", model.vq_model.encode_pre_quant)
-    model.synthesis = counted("synthesis tile", model.synthesis)
+    model.vq_model.encode_pre_quant = counted("VQGAN encoder tile", "vq_encoder", 1, model.vq_model.encode_pre_quant)
+    model.synthesis = counted("synthesis tile", "synthesis", 16, model.synthesis)
+    return areas
 
 
-def run_phase(phase: str, model_path: Path, work: Path, height: int, width: int, quality: int) -> dict:
+def run_phase(
+    phase: str, model_path: Path, work: Path, height: int, width: int, quality: int, options: dict | None = None
+) -> dict:
     """One phase in this process; prints progress on stderr, returns its measurements."""
-    codec = DCVICCodec.from_model_file(load_model_file(model_path))
+    codec = DCVICCodec.from_model_file(load_model_file(model_path), **(options or {}))
     result: dict = {"rss_after_model_mib": peak_rss_mib()}
     start = time.perf_counter()
-    report_tiles(codec.model, start)
+    areas = report_tiles(codec.model, start)
     if phase == "compress":
         x = image_to_tensor(large_photo(height, width))
         container, code = codec.compress(x, resolve_conditioning(codec.quality_table, quality))
         data = container.to_bytes()
         (work / "image.dcvic").write_bytes(data)
         result.update(
+            vq_encoder_tiles=len(areas["vq_encoder"]),
+            vq_encoder_pixels_per_pixel=sum(areas["vq_encoder"]) / (height * width),
             bytes=len(data),
             real_bpp=8 * len(data) / (height * width),
             estimated_bpp=(code.estimated_z_bits + code.estimated_y_bits) / (height * width),
         )
     else:
         x_hat = codec.decompress((work / "image.dcvic").read_bytes())
-        result["decoded_shape"] = list(x_hat.shape)
+        seconds = time.perf_counter() - start
+        error = tensor_to_image(x_hat).astype(np.float64) - large_photo(height, width)
+        result.update(decoded_shape=list(x_hat.shape), psnr_db=float(10 * np.log10(255**2 / np.mean(error**2))))
+        result.update(synthesis_tiles=len(areas["synthesis"]))
+        result.update(synthesis_pixels_per_pixel=sum(areas["synthesis"]) / (height * width))
+        result.update(seconds=seconds, peak_rss_mib=peak_rss_mib())
+        return result
     result.update(seconds=time.perf_counter() - start, peak_rss_mib=peak_rss_mib())
     return result
 
@@ -98,13 +116,18 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--quality", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--tiling", choices=TILING_RULES, default="fitted", help="the codec's tiling rule")
+    parser.add_argument("--fast", action="store_true", help="the codec's fast mode")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "codec_memory.json"))
     parser.add_argument("--phase", choices=("compress", "decompress"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.phase:
-        result = run_phase(args.phase, Path(args.checkpoint), Path(args.work), args.height, args.width, args.quality)
+        options = {"tiling": args.tiling, "fast": args.fast}
+        result = run_phase(
+            args.phase, Path(args.checkpoint), Path(args.work), args.height, args.width, args.quality, options
+        )
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as work:
@@ -118,6 +141,9 @@ def main() -> None:
         "image_hw": [args.height, args.width],
         "weights": args.checkpoint or f"random ({args.architecture} architecture)",
         "threads": args.threads,
+        "tiling": args.tiling,
+        "fast": args.fast,
+        "load_average": list(os.getloadavg()),
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         **phases,
         "peak_rss_mib": max(p["peak_rss_mib"] for p in phases.values()),
@@ -130,8 +156,9 @@ def main() -> None:
 def child(args: argparse.Namespace, phase: str, model_path: Path, work: Path) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--checkpoint", str(model_path), "--work", str(work)]
     command += ["--height", str(args.height), "--width", str(args.width), "--quality", str(args.quality)]
-    command += ["--threads", str(args.threads)]
-    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # progress on stderr
+    command += ["--threads", str(args.threads), "--tiling", args.tiling] + (["--fast"] if args.fast else [])
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"}  # as the dcvic command runs (entrypoints/cli.py)
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout  # progress: stderr
     return json.loads(output.strip().splitlines()[-1])
 
 

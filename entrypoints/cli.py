@@ -11,10 +11,15 @@ some input failed (the others are still processed) and 2 when nothing could star
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+# torch reads this once, at its first allocation: activation buffers of 2 MiB and more come as transparent huge
+# pages, 512× fewer page faults each time the allocator hands a buffer back and asks for it again (design §6.1).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 # compressai and taming script functions at import time; torch's deprecation notice for that would be the
 # first line a user sees on stderr, where only our one-line errors belong.
@@ -32,7 +37,12 @@ from lightning_modules.codec.files import (  # noqa: E402
     decompress_file,
     write_reports,
 )
-from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
+from lightning_modules.codec.image_codec import (  # noqa: E402
+    DEFAULT_MEMORY_BUDGET_GB,
+    TILING_RULES,
+    DCVICCodec,
+    resolve_conditioning,
+)
 from lightning_modules.model_file import load_model_file  # noqa: E402
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
@@ -69,15 +79,51 @@ def _add_common(parser: argparse.ArgumentParser, inputs_help: str) -> None:
     parser.add_argument("--output", "-o", required=True, help="output folder (created if needed)")
     parser.add_argument("--checkpoint", required=True, help="dcvic model file (see entrypoints/convert_checkpoint.py)")
     parser.add_argument("--device", default="cpu", help="device of the image networks, e.g. cuda (default cpu)")
+    speed = parser.add_argument_group("speed (none of these changes the file format)")
+    speed.add_argument(
+        "--fast",
+        action="store_true",
+        help="channels-last, fused kernels and bf16 where the hardware has it: different bytes and pixels, "
+        "decodable by either mode (default: exact, the reference's bytes)",
+    )
+    speed.add_argument(
+        "--tiling",
+        choices=TILING_RULES,
+        default="fitted",
+        help="images above 1024 px: fewest tiles within --memory-budget (default) or the reference's 512/256 px",
+    )
+    speed.add_argument(
+        "--memory-budget",
+        type=float,
+        default=DEFAULT_MEMORY_BUDGET_GB,
+        metavar="GB",
+        help=f"memory the fitted tiles may use, model included (default {DEFAULT_MEMORY_BUDGET_GB:g})",
+    )
+    speed.add_argument(
+        "--entropy-device",
+        default="cpu",
+        help="device of the entropy path (default cpu: files decode anywhere; else only on the same kind of device)",
+    )
 
 
-def load_codec(checkpoint: str, device: str) -> DCVICCodec:
+def load_codec(args: argparse.Namespace) -> DCVICCodec:
     try:
-        model_file = load_model_file(checkpoint)
-        model = model_file.build_model().to(torch.device(device))
-        return DCVICCodec(model, model_file.quality_table, model_file.fingerprint())
+        model_file = load_model_file(args.checkpoint)
+        model = model_file.build_model().to(torch.device(args.device))
+        codec = DCVICCodec(
+            model,
+            model_file.quality_table,
+            model_file.fingerprint(),
+            fast=args.fast,
+            tiling=args.tiling,
+            memory_budget_gb=args.memory_budget,
+            entropy_device=torch.device(args.entropy_device),
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
+    if codec.note:
+        print(f"dcvic: note: {codec.note}", file=sys.stderr)
+    return codec
 
 
 def find_inputs(paths: Sequence[str], suffixes: Sequence[str]) -> list[Path]:
@@ -89,7 +135,7 @@ def find_inputs(paths: Sequence[str], suffixes: Sequence[str]) -> list[Path]:
 
 def run_compress(args: argparse.Namespace) -> int:
     files = find_inputs(args.inputs, IMAGE_SUFFIXES)
-    codec = load_codec(args.checkpoint, args.device)
+    codec = load_codec(args)
     try:
         conditioning = resolve_conditioning(codec.quality_table, args.quality, args.beta_rate, args.beta_vq)
     except ValueError as exc:
@@ -107,7 +153,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
 def run_decompress(args: argparse.Namespace) -> int:
     files = find_inputs(args.inputs, (LEGACY_SUFFIX,) if args.legacy else (CONTAINER_SUFFIX,))
-    codec = load_codec(args.checkpoint, args.device)
+    codec = load_codec(args)
     out = Path(args.output)
     records, failures = _for_each(
         "decompress",

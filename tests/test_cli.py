@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from entrypoints.cli import main
 from lightning_modules.codec.container import Container
+from lightning_modules.codec.image_codec import fast_dtype
 from tests.support.codec_models import photo, write_model_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +75,27 @@ def test_explicit_betas(photos: Path, model_path: Path, tmp_path: Path, capsys) 
     assert (container.quality_index, container.beta_rate, container.beta_vq) == (255, 0.5, 1.5)
 
 
+def test_fast_files_decode_with_the_exact_decoder(photos: Path, model_path: Path, tmp_path: Path, capsys) -> None:
+    """``--fast`` changes how the networks run, not the format; ``--tiling reference`` is accepted; exact and fast
+    decodes of one file agree closely. Where bf16 is not native, fast mode says once that it stays float32."""
+    packed = tmp_path / "packed"
+    argv = ["compress", str(photos / "astronaut.png"), "-o", str(packed), "--checkpoint", str(model_path), "-q", "3"]
+    code, _, err = run([*argv, "--fast", "--tiling", "reference", "--memory-budget", "4"], capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("dcvic: note:")]
+    assert len(notes) == (0 if fast_dtype(torch.device("cpu")) else 1)
+    decoded = {}
+    for mode in ("exact", "fast"):
+        options = ["--fast"] if mode == "fast" else []
+        target = tmp_path / mode
+        code, _, err = run(
+            ["decompress", str(packed), "-o", str(target), "--checkpoint", str(model_path), *options], capsys
+        )
+        assert code == 0, err
+        decoded[mode] = np.asarray(Image.open(target / "astronaut.png")).astype(int)
+    assert np.abs(decoded["exact"] - decoded["fast"]).max() <= 2
+
+
 def test_bad_images_are_reported_and_skipped(photos: Path, model_path: Path, tmp_path: Path, capsys) -> None:
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     good = (photos / "astronaut.png").read_bytes()
@@ -126,6 +149,10 @@ def test_bad_bitstreams_are_reported(photos: Path, model_path: Path, tmp_path: P
             ["compress", "{photos}", "-o", "{out}", "--checkpoint", "{photos}/astronaut.png", "-q", "0"],
             "not a readable model",
         ),
+        (
+            ["compress", "{photos}", "-o", "{out}", "--checkpoint", "{model}", "-q", "0", "--memory-budget", "0"],
+            "memory_budget_gb must be positive",
+        ),  # fmt: skip
     ],
 )
 def test_setup_errors_are_one_line(argv, message, photos: Path, model_path: Path, tmp_path: Path, capsys) -> None:

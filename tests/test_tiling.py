@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lightning_modules.codec.image_codec import image_to_tensor
-from lightning_modules.networks.tiling import keep_ranges, tile_starts, tiled_apply
+from lightning_modules.networks.tiling import (
+    REFERENCE_VQ_GRID,
+    TiledStageCost,
+    fitted_grid,
+    keep_ranges,
+    tile_starts,
+    tiled_apply,
+)
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model
 
 
@@ -42,6 +49,52 @@ def test_keep_ranges_cover_every_position(size: int) -> None:
         assert start <= keep_from < keep_to <= start + min(512, size)
         covered[keep_from:keep_to] = True
     assert covered.all()
+
+
+VQ_LIKE = TiledStageCost(unit_px=1, margin=128, align=64, conv_flops_per_px=3.4e6, attention_flops_per_pair=6144,
+                         bytes_per_px=3000.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(("height", "width"), [(3008, 4032), (1536, 2048), (1152, 384), (4032, 640)])
+@pytest.mark.parametrize("budget_gib", [0.5, 2.0, 6.0])
+def test_fitted_grid_fits_the_budget_covers_the_image_and_keeps_the_margin(
+    height: int, width: int, budget_gib: float
+) -> None:
+    grid = fitted_grid(height, width, VQ_LIKE, budget_gib * 2**30)
+    assert VQ_LIKE.tile_bytes(min(grid.tile[0], height), min(grid.tile[1], width)) <= budget_gib * 2**30
+    for size, tile, stride in zip((height, width), grid.tile, grid.stride, strict=True):
+        assert tile % VQ_LIKE.align == 0 or tile == size
+        covered = torch.zeros(size, dtype=torch.bool)
+        ranges = keep_ranges(size, tile, stride)
+        for i, (start, keep_from, keep_to) in enumerate(ranges):
+            assert start % VQ_LIKE.align == 0
+            if i:  # every inner edge keeps the receptive-field margin
+                assert keep_from - start >= VQ_LIKE.margin
+            if i < len(ranges) - 1:
+                assert start + min(tile, size) - keep_to >= VQ_LIKE.margin
+            covered[keep_from:keep_to] = True
+        assert covered.all()
+
+
+def test_fitted_grid_computes_far_fewer_pixels_than_the_reference_rule() -> None:
+    height, width = 3008, 4032
+    grid = fitted_grid(height, width, VQ_LIKE, 6 * 2**30)
+    fitted = grid.tile_count(height, width) * grid.tile[0] * grid.tile[1] / (height * width)
+    reference = REFERENCE_VQ_GRID.tile_count(height, width) * 512 * 512 / (height * width)
+    assert reference > 3.5 and fitted < 1.7
+
+
+def test_fitted_grid_keeps_small_images_whole_and_shrinks_tiles_for_a_tiny_budget() -> None:
+    assert fitted_grid(1088, 1088, VQ_LIKE, 6 * 2**30).covers_whole(1088, 1088)
+    tiny = fitted_grid(1088, 1088, VQ_LIKE, 1.0)  # nothing fits: the smallest tiles
+    assert tiny.tile == (2 * 128 + 64, 2 * 128 + 64)
+
+
+@pytest.mark.parametrize(("tile", "stride"), [((384, 640), (128, 384)), ((1088, 320), (832, 64))])
+def test_tiled_apply_with_per_axis_tiles_equals_whole_image(tile: tuple[int, int], stride: tuple[int, int]) -> None:
+    x = torch.randn(1, 2, 1088, 1152)
+    for got, want in zip(tiled_apply(x, pixel_space_outputs, tile, stride), pixel_space_outputs(x), strict=True):
+        assert torch.equal(got, want)
 
 
 def pixel_space_outputs(t: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -10,11 +10,29 @@
 This module owns the image side (padding, tiling, the container and its identity checks). The entropy path
 (:mod:`lightning_modules.networks.latent_codec`) runs on the CPU in float32 with one thread on *both* sides, so
 decompress rebuilds exactly the ``ŷ`` compress used, on any machine.
+
+How the image networks run is the codec's choice and never changes the file format (design §6.1):
+
+- exact mode (the default): the reference's arithmetic, operation for operation, on both sides: the files are
+  byte-identical and the decoded images bit-identical to the eval forward's. What is faster is memory: taming's
+  blocks run in place with one activation alive (:mod:`~lightning_modules.networks.vqgan`), and the entry points
+  ask torch for huge-page buffers (``THP_MEM_ALLOC_ENABLE``), so far fewer page faults;
+- ``fast=True``: channels-last activations and fused kernels (SiLU, ``scaled_dot_product_attention``) for every
+  image network, and autocast to bf16 (fp16 on GPUs without bf16) where the hardware computes it natively
+  (:func:`fast_dtype`; elsewhere float32). Bytes and pixels change (a near-tied VQ index or symbol may flip); the
+  entropy path stays float32 NCHW on one thread, so a fast file decodes with an exact decoder and the reverse;
+- tiling above 1024 px: ``"fitted"`` (default; the least-work tiles that fit ``memory_budget_gb``,
+  :func:`~lightning_modules.networks.tiling.fitted_grid`) or ``"reference"`` (512 px tiles every 256 px);
+- device: the image networks run where the model is (``--device cuda``, with cuDNN autotuning); the entropy path
+  on the CPU unless ``entropy_device`` says otherwise (then both sides must use the same kind of device).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +52,11 @@ from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
 from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from lightning_modules.networks.latent_codec import LatentCode
-from lightning_modules.networks.tiling import needs_tiling
+from lightning_modules.networks.tiling import REFERENCE_VQ_GRID, REFERENCE_Y_GRID, TileGrid, fitted_grid, needs_tiling
 
 CPU = torch.device("cpu")
+TILING_RULES = ("fitted", "reference")
+DEFAULT_MEMORY_BUDGET_GB = 8.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +93,10 @@ def resolve_conditioning(
     return Conditioning(None, float(np.float32(beta_rate)), float(np.float32(beta_vq)))
 
 
-def prepare_for_coding(model: DCVIC) -> DCVIC:
-    """``codec_setup`` (§6.1): eval mode, the entropy path on the CPU with freshly built CDF tables."""
+def prepare_for_coding(model: DCVIC, entropy_device: torch.device | str = CPU) -> DCVIC:
+    """``codec_setup`` (§6.1): eval mode, the entropy path in float32 with freshly built CDF tables."""
     model.eval()
-    model.latent_codec.prepare_for_coding(CPU)
+    model.latent_codec.prepare_for_coding(entropy_device)
     return model
 
 
@@ -84,41 +104,162 @@ def model_device(model: DCVIC) -> torch.device:
     return next(model.encoder.parameters()).device
 
 
-def synthesize(model: DCVIC, y_hat: Tensor, height: int, width: int, conditioning: Conditioning) -> Tensor:
-    """``ŷ`` → image in [-1, 1], (1, 3, H, W); tiled when the long side exceeds 1024 px (§6.5 steps 6–7)."""
-    beta_rate, beta_vq = conditioning.betas()
-    y_hat = y_hat.to(model_device(model))
+def fast_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision ``fast`` mode computes in on ``device``; ``None`` where float32 is faster.
+
+    CPUs without native bf16 (AVX512-BF16 or AMX) emulate it several times slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's CPU feature probes
+    if device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)() for probe in native):
+        return torch.bfloat16
+    return None
+
+
+def resident_bytes(model: DCVIC, device: torch.device) -> int:
+    """Memory already taken before any tile: the weights, or on Linux CPUs the process's resident set (weights,
+    libraries, allocator caches), whichever is larger; on a GPU what torch has allocated there."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    try:
+        with open("/proc/self/statm") as statm:
+            return max(weights, int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return weights
+
+
+@contextlib.contextmanager
+def image_precision(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inference mode, and autocast to ``dtype`` for the image networks when one is given."""
     with torch.inference_mode():
-        if needs_tiling(height, width):
-            x_hat = model.tiled_synthesis(y_hat, beta_rate, beta_vq).x_hat
+        if dtype is None:
+            yield
         else:
-            x_hat = model.synthesis(y_hat, beta_rate, beta_vq).x_hat
-    return x_hat[:, :, :height, :width].clamp(-1, 1).cpu()
+            with torch.autocast(device.type, dtype=dtype):
+                yield
 
 
-def analyse(model: DCVIC, x: Tensor, conditioning: Conditioning) -> Tensor:
-    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2; the encoder is tiled above 1344 px)."""
+def analyse(
+    model: DCVIC,
+    x: Tensor,
+    conditioning: Conditioning,
+    vq_grid: TileGrid | None = None,
+    fast: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2; the encoder is tiled above 1344 px).
+
+    ``vq_grid``: the VQGAN encoder's tiles above 1024 px (default the reference's); ``fast``, ``dtype``: see
+    :class:`DCVICCodec`."""
     beta_rate, beta_vq = conditioning.betas()
     x_pad = pad_to_multiple(x.to(model_device(model)), model.pad_multiple)
-    with torch.inference_mode():
-        return model.analysis(x_pad, model.vq_encode(x_pad), beta_rate, beta_vq)
+    if fast:  # a copy with plain strides: image_to_tensor's HWC view has a batch stride convolutions reject
+        x_pad = x_pad.clone(memory_format=torch.channels_last)
+    else:  # NCHW, as the convolutions already treated that view: the reference's arithmetic
+        x_pad = x_pad.contiguous()
+    with image_precision(x_pad.device, dtype):
+        vq = model.vq_encode(x_pad, grid=vq_grid, fast_kernels=fast)
+        return model.analysis(x_pad, vq, beta_rate, beta_vq)
+
+
+def synthesize(
+    model: DCVIC,
+    y_hat: Tensor,
+    height: int,
+    width: int,
+    conditioning: Conditioning,
+    grid: TileGrid = REFERENCE_Y_GRID,
+    fast: bool = False,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``ŷ`` → image in [-1, 1], (1, 3, H, W) float32 on the CPU; tiled above 1024 px (§6.5 steps 6–7)."""
+    beta_rate, beta_vq = conditioning.betas()
+    y_hat = y_hat.to(model_device(model))
+    if fast:
+        y_hat = y_hat.clone(memory_format=torch.channels_last)
+    y_h, y_w = y_hat.shape[-2:]
+    with image_precision(y_hat.device, dtype):
+        if needs_tiling(16 * y_h, 16 * y_w) and not grid.covers_whole(y_h, y_w):
+            x_hat = model.tiled_synthesis(y_hat, beta_rate, beta_vq, grid, fast_kernels=fast).x_hat
+        else:
+            x_hat = model.synthesis(y_hat, beta_rate, beta_vq, fast_kernels=fast).x_hat
+    return x_hat[:, :, :height, :width].float().clamp(-1, 1).cpu().contiguous()
 
 
 class DCVICCodec:
-    """A prepared model plus its identity: turns images into :class:`Container` bytes and back."""
+    """A prepared model plus its identity: turns images into :class:`Container` bytes and back.
 
-    def __init__(self, model: DCVIC, quality_table: dict[str, list[float]], fingerprint: bytes | None = None):
-        self.model = prepare_for_coding(model)
-        self.quality_table = quality_table
+    ``fast`` runs the image networks channels-last with fused kernels, in reduced precision where the hardware has
+    it (``precision`` overrides :func:`fast_dtype`'s choice); ``tiling`` and ``memory_budget_gb`` choose the tiles of
+    images above 1024 px; ``entropy_device`` moves the entropy path off the CPU (files then decode only on the same
+    kind of device). See the module docstring. ``note`` says when ``fast`` stays float32.
+    """
+
+    def __init__(
+        self,
+        model: DCVIC,
+        quality_table: dict[str, list[float]],
+        fingerprint: bytes | None = None,
+        *,
+        fast: bool = False,
+        precision: torch.dtype | None = None,
+        tiling: str = "fitted",
+        memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+        entropy_device: torch.device | str = CPU,
+    ) -> None:
+        if tiling not in TILING_RULES:
+            raise ValueError(f"tiling must be one of {', '.join(TILING_RULES)}, got {tiling!r}")
+        if memory_budget_gb <= 0:
+            raise ValueError(f"memory_budget_gb must be positive, got {memory_budget_gb}")
         self.fingerprint = fingerprint or weights_fingerprint(model.state_dict())
+        self.model = prepare_for_coding(model, entropy_device)
+        self.fast = fast
+        self.quality_table = quality_table
+        self.device = model_device(model)
+        self.image_dtype = (precision or fast_dtype(self.device)) if fast else None
+        self.note = None
+        if fast and self.image_dtype is None:
+            self.note = (
+                f"fast mode stays float32 on this {self.device.type} (channels-last, fused kernels): it has no "
+                "native bf16 (AVX512-BF16 or AMX), and emulated bf16 is slower than float32"
+            )
+        self.tiling = tiling
+        self.memory_budget_gb = memory_budget_gb
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotune once per shape
 
     @classmethod
-    def from_model_file(cls, model_file: ModelFile) -> DCVICCodec:
-        return cls(model_file.build_model(), model_file.quality_table, model_file.fingerprint())
+    def from_model_file(cls, model_file: ModelFile, **options) -> DCVICCodec:
+        """``options``: the keyword arguments of the constructor (``fast``, ``tiling``, …)."""
+        return cls(model_file.build_model(), model_file.quality_table, model_file.fingerprint(), **options)
+
+    # --- the image networks ---
+
+    def tile_grids(self, height: int, width: int) -> tuple[TileGrid, TileGrid]:
+        """VQGAN-encoder grid (pixels) and synthesis grid (``ŷ`` units) for a padded ``height × width`` image."""
+        if self.tiling == "reference":
+            return REFERENCE_VQ_GRID, REFERENCE_Y_GRID
+        # 10 % of what is left goes to the stitched canvases and allocator slack
+        budget = 0.9 * (self.memory_budget_gb * 2**30 - resident_bytes(self.model, self.device))
+        vq_cost, y_cost = self.model.tiling_costs(fast_kernels=self.fast)
+        return fitted_grid(height, width, vq_cost, budget), fitted_grid(height // 16, width // 16, y_cost, budget)
+
+    def analyse(self, x: Tensor, conditioning: Conditioning) -> Tensor:
+        multiple = self.model.pad_multiple
+        grid = self.tile_grids(*(math.ceil(n / multiple) * multiple for n in x.shape[-2:]))[0]
+        return analyse(self.model, x, conditioning, grid, self.fast, self.image_dtype)
+
+    def synthesize(self, y_hat: Tensor, height: int, width: int, conditioning: Conditioning) -> Tensor:
+        grid = self.tile_grids(16 * y_hat.shape[-2], 16 * y_hat.shape[-1])[1]
+        return synthesize(self.model, y_hat, height, width, conditioning, grid, self.fast, self.image_dtype)
+
+    # --- files ---
 
     def compress(self, x: Tensor, conditioning: Conditioning) -> tuple[Container, LatentCode]:
         height, width = x.shape[-2:]
-        code = self.model.latent_codec.compress(analyse(self.model, x, conditioning))
+        code = self.model.latent_codec.compress(self.analyse(x, conditioning))
         container = Container(
             fingerprint=self.fingerprint,
             height=height,
@@ -178,7 +319,7 @@ class DCVICCodec:
         _, y_hat = self.model.latent_codec.decompress((z_string, y_string), y_size, entropy_model_z)
         if not bool(torch.isfinite(y_hat).all()):
             raise BitstreamError("the latents decode to non-finite values: the file is corrupt")
-        x_hat = synthesize(self.model, y_hat, height, width, conditioning)
+        x_hat = self.synthesize(y_hat, height, width, conditioning)
         if not bool(torch.isfinite(x_hat).all()):
             raise BitstreamError("the image decodes to non-finite values: the file is corrupt")
         return x_hat, y_hat

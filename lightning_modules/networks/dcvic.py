@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from taming.modules.diffusionmodules.model import AttnBlock
 from torch import Tensor, nn
 
 from .conditioning import BetaLike
@@ -33,15 +34,32 @@ from .latent_codec import EntropyOutput, HyperpriorCharmLatentCodec
 from .tiling import (
     ANALYSIS_STRIDE,
     ANALYSIS_TILE,
-    VQ_STRIDE,
-    VQ_TILE,
-    Y_STRIDE,
-    Y_TILE,
+    REFERENCE_VQ_GRID,
+    REFERENCE_Y_GRID,
+    TiledStageCost,
+    TileGrid,
     needs_tiling,
     tiled_apply,
 )
 from .vq_estimator import SwinVqEstimator
 from .vqgan import FrozenVQGAN, VQEncoding, load_vqgan
+
+VQ_MARGIN_PX = (REFERENCE_VQ_GRID.tile[0] - REFERENCE_VQ_GRID.stride[0]) // 2  # 128 px, the reference's margin
+Y_MARGIN = (REFERENCE_Y_GRID.tile[0] - REFERENCE_Y_GRID.stride[0]) // 2  # 8 ŷ = 128 px
+# Peak working memory per pixel, measured (VmHWM) at 512×768 with the released network, attention matrices apart
+VQ_ENCODER_BYTES_PER_PX = 2100.0
+SYNTHESIS_BYTES_PER_PX = 3400.0
+
+
+def _attention_flops_per_pair(network: nn.Module) -> float:
+    return float(sum(4 * m.in_channels for m in network.modules() if isinstance(m, AttnBlock)))
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D tensor stored that way (and not also plainly contiguous), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def bits(likelihoods: Tensor) -> Tensor:
@@ -145,18 +163,27 @@ class DCVIC(nn.Module):
     # --- stages, each callable on its own (teacher forcing, codec, training) ---
 
     @torch.no_grad()
-    def vq_encode(self, x: Tensor, vq_indices: Tensor | None = None) -> VQEncoding:
+    def vq_encode(
+        self,
+        x: Tensor,
+        vq_indices: Tensor | None = None,
+        grid: TileGrid | None = None,
+        fast_kernels: bool = False,
+    ) -> VQEncoding:
         """VQGAN tokens of ``x``; cached ``vq_indices`` skip the VQGAN encoder (stage-2 validation sets).
 
-        Above 1024 px the pre-quantisation latent is assembled from 512² tiles and quantised once (§6.6a).
+        Above 1024 px the pre-quantisation latent is assembled from tiles (``grid``, by default the reference's
+        512² every 256 px) and quantised once (§6.6a). ``fast_kernels``: fused SiLU and attention (:mod:`.vqgan`).
         """
         if vq_indices is not None:
             indices = vq_indices.to(x.device).long()
             return VQEncoding(h=None, indices=indices, latent=self.vq_model.indices_to_latent(indices))
-        if needs_tiling(*x.shape[-2:]):
-            (h,) = tiled_apply(x, lambda tile: (self.vq_model.encode_pre_quant(tile),), VQ_TILE, VQ_STRIDE)
-            return self.vq_model.quantize_latent(h)
-        return self.vq_model.encode(x)
+        vq = self.vq_model
+        if needs_tiling(*x.shape[-2:]) and not (grid is not None and grid.covers_whole(*x.shape[-2:])):
+            grid = grid or REFERENCE_VQ_GRID
+            (h,) = tiled_apply(x, lambda tile: (vq.encode_pre_quant(tile, fast_kernels),), grid.tile, grid.stride)
+            return vq.quantize_latent(h)
+        return vq.encode(x, fast_kernels)
 
     def vq_features(self, vq: VQEncoding) -> Tensor:
         """``[latent (4), one-hot indices (256)]`` at 1/8, detached."""
@@ -164,8 +191,10 @@ class DCVIC(nn.Module):
         return torch.cat([vq.latent, onehot.to(vq.latent.dtype)], dim=1).detach()
 
     def analysis(self, x: Tensor, vq: VQEncoding, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> Tensor:
-        """``y`` (N, 192, H/16, W/16); in eval mode above 1344 px from overlapping tiles, to bound memory."""
-        features = self.vq_features(vq)
+        """``y`` (N, 192, H/16, W/16); in eval mode above 1344 px from overlapping tiles, to bound memory.
+
+        The VQ features take ``x``'s memory layout (channels-last in the codec's fast mode)."""
+        features = self.vq_features(vq).contiguous(memory_format=memory_format_of(x))
         if self.training or not needs_tiling(*x.shape[-2:], threshold=ANALYSIS_TILE):
             return self.encoder(x, features, beta_rate, beta_vq)
         return self.tiled_analysis(x, features, beta_rate, beta_vq)
@@ -188,23 +217,69 @@ class DCVIC(nn.Module):
         return y
 
     def synthesis(
-        self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None, fusion_w: float = 1.0
+        self,
+        y_hat: Tensor,
+        beta_rate: BetaLike | None,
+        beta_vq: BetaLike | None,
+        fusion_w: float = 1.0,
+        fast_kernels: bool = False,
     ) -> SynthesisOutput:
+        """``ŷ`` → image; every map takes ``ŷ``'s memory layout. ``fast_kernels``: fused SiLU and attention in the
+        VQGAN decoder (equal up to float rounding, :mod:`.vqgan`)."""
         features = self.decoder(y_hat, beta_rate, beta_vq)
         out_vq_latent, logits = self.vq_estimator(features.t)
         pred = logits.argmax(dim=1)  # (N, h, w); hard decision, no gradient path
         q = self.vq_model.post_quant_conv(self.vq_model.indices_to_latent(pred))
-        x_hat = self.fusion_module(q, features.fusion, self.vq_model.decoder, w=fusion_w)
+        q = q.contiguous(memory_format=memory_format_of(y_hat))
+        x_hat = self.fusion_module(q, features.fusion, self.vq_model.decoder, w=fusion_w, fused=fast_kernels)
         return SynthesisOutput(x_hat, out_vq_latent, logits, pred, features)
 
-    def tiled_synthesis(self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None) -> SynthesisOutput:
-        """:meth:`synthesis` on 32×32 ``ŷ`` tiles, stitched (§6.6b); decoder features are not kept."""
+    def tiled_synthesis(
+        self,
+        y_hat: Tensor,
+        beta_rate: BetaLike | None,
+        beta_vq: BetaLike | None,
+        grid: TileGrid = REFERENCE_Y_GRID,
+        fast_kernels: bool = False,
+    ) -> SynthesisOutput:
+        """:meth:`synthesis` on ``ŷ`` tiles (the reference's 32×32 every 16), stitched (§6.6b); no decoder features."""
 
         def decode_tile(y_tile: Tensor) -> tuple[Tensor, ...]:
-            out = self.synthesis(y_tile, beta_rate, beta_vq)
+            out = self.synthesis(y_tile, beta_rate, beta_vq, fast_kernels=fast_kernels)
             return out.x_hat, out.out_vq_latent, out.vq_logits, out.pred_vq_indices
 
-        return SynthesisOutput(*tiled_apply(y_hat, decode_tile, Y_TILE, Y_STRIDE))
+        return SynthesisOutput(*tiled_apply(y_hat, decode_tile, grid.tile, grid.stride))
+
+    def tiling_costs(self, fast_kernels: bool = False) -> tuple[TiledStageCost, TiledStageCost]:
+        """Work and memory of the two tiled stages per pixel, for choosing tiles (:func:`.tiling.fitted_grid`).
+
+        Convolution FLOPs and working memory were counted (``FlopCounterMode``, peak RSS) for the released network
+        and scale with the VQGAN width; attention costs 4·C FLOPs per (query, key) pair in each global
+        attention block, and without ``fast_kernels`` (taming's arithmetic) holds two float32 score matrices.
+        The VQGAN encoder is tiled in pixels, the synthesis in ``ŷ`` units of 16 px.
+        """
+        vq = self.vq_model
+        width = vq.ch / 128
+        return (
+            TiledStageCost(
+                unit_px=1,
+                margin=VQ_MARGIN_PX,
+                align=self.pad_multiple,
+                conv_flops_per_px=3.4e6 * width**2,
+                attention_flops_per_pair=_attention_flops_per_pair(vq.encoder),
+                bytes_per_px=VQ_ENCODER_BYTES_PER_PX * width,
+                attention_bytes_per_pair=0.0 if fast_kernels else 8.0,
+            ),
+            TiledStageCost(
+                unit_px=16,
+                margin=Y_MARGIN,
+                align=self.pad_multiple // 16,
+                conv_flops_per_px=10.8e6 * width**2,
+                attention_flops_per_pair=_attention_flops_per_pair(vq.decoder),
+                bytes_per_px=SYNTHESIS_BYTES_PER_PX * width,
+                attention_bytes_per_pair=0.0 if fast_kernels else 8.0,
+            ),
+        )
 
     # --- full model ---
 

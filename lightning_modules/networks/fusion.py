@@ -8,13 +8,18 @@ Fused decoding (``u`` = condition first)::
                    └─ up[0] blocks ─norm_out─swish─conv_out─> x̂   (no tanh, not clamped in training)
 
     SFT: g = ResBlock([F, h]);  h ← h + w·(h·scale(g) + shift(g))
+
+The VQGAN decoder runs through :mod:`.vqgan`'s block functions; ``fused`` (the codec's fast mode) selects their
+fused SiLU and attention, equal up to float rounding.
 """
 
 from __future__ import annotations
 
 import torch
-from taming.modules.diffusionmodules.model import Decoder, nonlinearity
+from taming.modules.diffusionmodules.model import Decoder
 from torch import Tensor, nn
+
+from .vqgan import attention_block, resnet_block, swish
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -32,10 +37,10 @@ class ConditionResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_out = nn.Conv2d(in_ch, out_ch, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(nonlinearity(self.norm1(x)))
-        h = self.conv2(nonlinearity(self.norm2(h)))
-        return self.conv_out(x) + h
+    def forward(self, x: Tensor, fused: bool = False) -> Tensor:
+        h = self.conv1(swish(self.norm1(x), fused))
+        h = self.conv2(swish(self.norm2(h), fused))
+        return self.conv_out(x).add_(h) if not torch.is_grad_enabled() else self.conv_out(x) + h
 
 
 def modulation_head(mid_ch: int, dec_ch: int) -> nn.Sequential:
@@ -53,9 +58,12 @@ class FuseSftBlock(nn.Module):
         self.scale = modulation_head(mid_ch, dec_ch)
         self.shift = modulation_head(mid_ch, dec_ch)
 
-    def forward(self, h: Tensor, cond: Tensor, w: float = 1.0) -> Tensor:
-        g = self.fuse_block(torch.cat([cond, h], dim=1))
-        return h + w * (h * self.scale(g) + self.shift(g))
+    def forward(self, h: Tensor, cond: Tensor, w: float = 1.0, fused: bool = False) -> Tensor:
+        g = self.fuse_block(torch.cat([cond, h], dim=1), fused)
+        if torch.is_grad_enabled():
+            return h + w * (h * self.scale(g) + self.shift(g))
+        modulation = self.scale(g).mul_(h).add_(self.shift(g))  # the same float operations, in place
+        return (modulation if w == 1.0 else modulation.mul_(w)).add_(h)
 
 
 class VqDecoderFusion(nn.Module):
@@ -72,18 +80,21 @@ class VqDecoderFusion(nn.Module):
             }
         )
 
-    def forward(self, q: Tensor, features: dict[str, Tensor], decoder: Decoder, w: float = 1.0) -> Tensor:
+    def forward(
+        self, q: Tensor, features: dict[str, Tensor], decoder: Decoder, w: float = 1.0, fused: bool = False
+    ) -> Tensor:
         h = decoder.conv_in(q)
-        h = decoder.mid.block_2(decoder.mid.attn_1(decoder.mid.block_1(h, None)), None)
+        mid = decoder.mid
+        h = resnet_block(mid.block_2, attention_block(mid.attn_1, resnet_block(mid.block_1, h, fused), fused), fused)
         for level in reversed(range(decoder.num_resolutions)):
             up = decoder.up[level]
             for j in range(decoder.num_res_blocks + 1):
-                h = up.block[j](h, None)
+                h = resnet_block(up.block[j], h, fused)
                 if len(up.attn) > 0:
-                    h = up.attn[j](h)
+                    h = attention_block(up.attn[j], h, fused)
             key = self.level_keys.get(level)
             if key is not None:
-                h = self.fusion_modules[key](h, features[key], w)
+                h = self.fusion_modules[key](h, features[key], w, fused)
             if level != 0:
                 h = up.upsample(h)
-        return decoder.conv_out(nonlinearity(decoder.norm_out(h)))
+        return decoder.conv_out(swish(decoder.norm_out(h), fused))

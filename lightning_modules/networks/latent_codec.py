@@ -76,14 +76,22 @@ class DecodedLatents(NamedTuple):
 
 @contextmanager
 def entropy_parameter_context() -> Iterator[None]:
-    """One CPU thread and no autograd: the same float32 results on every machine and thread setting."""
+    """One CPU thread and no autograd: the same float32 results on every machine and thread setting.
+
+    On a GPU (``entropy_device``): deterministic cuDNN kernels, no autotuning and no TF32, so that encoder and
+    decoder on the same kind of GPU agree bit for bit.
+    """
     threads = torch.get_num_threads()
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
     torch.set_num_threads(1)
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False, False
     try:
         with torch.inference_mode():
             yield
     finally:
         torch.set_num_threads(threads)
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 class HyperpriorCharmLatentCodec(LatentCodec):
@@ -108,6 +116,7 @@ class HyperpriorCharmLatentCodec(LatentCodec):
 
     def forward(self, y: Tensor, training: bool | None = None) -> EntropyOutput:
         training = self.training if training is None else training
+        y = y.contiguous()  # one layout for the entropy path, as in compress
         return self._entropy(y, self.hyperencoder(y), training)
 
     def _entropy(self, y: Tensor, z: Tensor, training: bool) -> EntropyOutput:
@@ -163,6 +172,8 @@ class HyperpriorCharmLatentCodec(LatentCodec):
         """``y`` (1, C, h, w) → z and y strings (§6.3 steps 3–7); ``ŷ`` is what :meth:`decompress` rebuilds."""
         if y.shape[0] != 1:
             raise ValueError(f"the codec codes one image at a time, got a batch of {y.shape[0]}")
+        # float32 NCHW whatever precision and layout the image networks used: the z and y bytes depend on it
+        y = y.to(torch.float32, memory_format=torch.contiguous_format)
         with torch.inference_mode():
             z = self.hyperencoder(y)  # (1, z_ch, h/4, w/4)
         device = self._parameter_device()
@@ -205,7 +216,9 @@ class HyperpriorCharmLatentCodec(LatentCodec):
             def decode_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
                 indexes = gaussian.build_indexes(sigma).reshape(-1).tolist()
                 symbols = decoder.decode_stream(indexes, cdfs, cdf_lengths, offsets)
-                return gaussian.dequantize(torch.tensor(symbols, dtype=torch.int32).reshape(mu.shape), mu)
+                return gaussian.dequantize(
+                    torch.tensor(symbols, dtype=torch.int32, device=mu.device).reshape(mu.shape), mu
+                )
 
             y_hat = self.context_model.run(hyper_out, decode_slice).y_hat
         return DecodedLatents(z_hat, y_hat)

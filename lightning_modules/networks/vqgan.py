@@ -2,6 +2,13 @@
 
 Frozen in one place: :class:`FrozenVQGAN` sets ``requires_grad_(False)`` and keeps itself in eval mode
 through any ``.train()`` call. Gradients still flow *through* its decoder into the fusion blocks.
+
+Its blocks run through :func:`resnet_block` and :func:`attention_block` rather than taming's ``forward``, in place
+when no gradient is recorded, so inference allocates (and page-faults in) far fewer full-resolution buffers;
+:func:`encoder_forward` keeps only the current activation, where taming's encoder holds every level's output.
+By default the arithmetic is taming's, operation for operation (bit-identical results). ``fused=True`` (the codec's
+fast mode, design §6.1) fuses SiLU and computes attention with ``scaled_dot_product_attention``, which never holds
+the ``(hw)²`` score matrix: equal up to float rounding (≤ 1e-6 here), no longer bit-identical.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from taming.modules.diffusionmodules.model import Decoder, Encoder
+import torch.nn.functional as F
+from taming.modules.diffusionmodules.model import AttnBlock, Decoder, Encoder, ResnetBlock
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import Tensor, nn
 
@@ -58,6 +66,51 @@ def build_taming_autoencoder(
         return Encoder(**ddconfig), Decoder(**ddconfig)
 
 
+def swish(x: Tensor, fused: bool = False) -> Tensor:
+    """taming's ``x·σ(x)``, overwriting ``x`` when no gradient is recorded; ``fused``: ``F.silu``."""
+    inplace = not torch.is_grad_enabled()
+    if fused:
+        return F.silu(x, inplace=inplace)
+    return x.mul_(torch.sigmoid(x)) if inplace else x * torch.sigmoid(x)
+
+
+def resnet_block(block: ResnetBlock, x: Tensor, fused: bool = False) -> Tensor:
+    """taming's ``ResnetBlock`` without time embedding: ``x + conv2(swish(GN(conv1(swish(GN(x))))))``."""
+    h = block.conv1(swish(block.norm1(x), fused))
+    h = block.conv2(swish(block.norm2(h), fused))
+    if block.in_channels != block.out_channels:
+        x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
+    return h.add_(x) if not torch.is_grad_enabled() else x + h
+
+
+def attention_block(block: AttnBlock, x: Tensor, fused: bool = False) -> Tensor:
+    """taming's single-head ``AttnBlock``: ``x + proj(softmax(q kᵀ / √C) v)`` over all ``h·w`` positions."""
+    if not fused:
+        return block(x)
+    h = block.norm(x)
+    n, c, height, width = h.shape
+    q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (block.q, block.k, block.v))  # (N,1,hw,C)
+    out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(n, c, height, width)
+    # a channels-last copy with plain strides: SDPA's odd batch stride would send the next convolution to NCHW
+    out = block.proj_out(out.clone(memory_format=torch.channels_last))
+    return out.add_(x) if not torch.is_grad_enabled() else x + out
+
+
+def encoder_forward(encoder: Encoder, x: Tensor, fused: bool = False) -> Tensor:
+    """taming's ``Encoder.forward`` (image → pre-``quant_conv`` latent at 1/8), one activation alive at a time."""
+    h = encoder.conv_in(x)
+    for level, down in enumerate(encoder.down):
+        for i, block in enumerate(down.block):
+            h = resnet_block(block, h, fused)
+            if len(down.attn) > 0:
+                h = attention_block(down.attn[i], h, fused)
+        if level != encoder.num_resolutions - 1:
+            h = down.downsample(h)
+    mid = encoder.mid
+    h = resnet_block(mid.block_2, attention_block(mid.attn_1, resnet_block(mid.block_1, h, fused), fused), fused)
+    return encoder.conv_out(swish(encoder.norm_out(h), fused))
+
+
 class FrozenVQGAN(nn.Module):
     """Taming ``Encoder`` + ``VectorQuantizer2`` + ``Decoder`` with taming's state-dict names."""
 
@@ -100,19 +153,21 @@ class FrozenVQGAN(nn.Module):
         """Stays in eval mode whatever the parent asks: it is a fixed, pre-trained tokenizer."""
         return super().train(False)
 
-    def encode_pre_quant(self, x: Tensor) -> Tensor:
-        return self.quant_conv(self.encoder(x))  # (N, 4, H/8, W/8)
+    def encode_pre_quant(self, x: Tensor, fused: bool = False) -> Tensor:
+        return self.quant_conv(encoder_forward(self.encoder, x, fused))  # (N, 4, H/8, W/8)
 
     def quantize_latent(self, h: Tensor) -> VQEncoding:
-        z_q, _, (_, _, indices) = self.quantize(h)
+        """Nearest codebook entries, always in float32: a bf16 distance would flip near-tied indices."""
+        with torch.autocast(h.device.type, enabled=False):
+            z_q, _, (_, _, indices) = self.quantize(h.float())
         return VQEncoding(h=h, indices=indices, latent=z_q)
 
     def indices_to_latent(self, indices: Tensor) -> Tensor:
         """Codebook vectors for (N, h, w) indices, as (N, embed_dim, h, w)."""
         return self.quantize.embedding(indices.long()).permute(0, 3, 1, 2).contiguous()
 
-    def encode(self, x: Tensor) -> VQEncoding:
-        return self.quantize_latent(self.encode_pre_quant(x))
+    def encode(self, x: Tensor, fused: bool = False) -> VQEncoding:
+        return self.quantize_latent(self.encode_pre_quant(x, fused))
 
     def decode(self, latent: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(latent))
