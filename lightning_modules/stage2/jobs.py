@@ -6,8 +6,8 @@ and returns the mean of the per-batch estimated bpp, exactly the reference's num
 
 One search job = one (beta_vq, target) pair: :func:`run_rate_search` writes the reference CSV and a JSON
 record next to it. :func:`search_grid` runs many pairs in worker processes (joblib); they share the on-disk
-memo, so no (beta_rate, beta_vq) point is computed twice. :func:`run_selection` scores the found pairs and
-:func:`run_stage2` chains set building, the grid and the selection for ``entrypoints/train.py +stage=2``.
+memo, so no (beta_rate, beta_vq) point is computed twice. :func:`run_selection` scores the found pairs;
+``entrypoints.runners.run_stage2`` chains set building, the grid and the selection for ``train.py +stage=2``.
 """
 
 from __future__ import annotations
