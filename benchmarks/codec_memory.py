@@ -31,7 +31,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
+from lightning_modules.images import image_to_tensor  # noqa: E402
 from lightning_modules.model_file import ModelFile, load_model_file, save_model_file  # noqa: E402
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic  # noqa: E402
 

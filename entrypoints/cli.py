@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 # compressai and taming script functions at import time; torch's deprecation notice for that would be the
@@ -24,15 +24,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lightning_modules.codec.files import (  # noqa: E402
+    COMPRESS_REPORT,
     CONTAINER_SUFFIX,
-    IMAGE_SUFFIXES,
+    DECOMPRESS_REPORT,
     LEGACY_SUFFIX,
+    Inputs,
     collect_inputs,
     compress_file,
     decompress_file,
     write_reports,
 )
 from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
+from lightning_modules.images import IMAGE_SUFFIXES, failure_line  # noqa: E402
 from lightning_modules.model_file import load_model_file  # noqa: E402
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
@@ -47,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcvic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    compress = commands.add_parser("compress", help="images (png/jpg/webp files or folders) → .dcvic files")
+    compress = commands.add_parser(
+        "compress", help=f"images ({'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} files or folders) → .dcvic files"
+    )
     _add_common(compress, "images or folders of images")
     compress.add_argument("--quality", "-q", type=int, help="quality index of the model's table (0 = lowest rate)")
     compress.add_argument("--beta-rate", type=float, help="explicit β_rate in [0, 3] (with --beta-vq)")
@@ -80,43 +85,64 @@ def load_codec(checkpoint: str, device: str) -> DCVICCodec:
         raise CliError(str(exc)) from exc
 
 
-def find_inputs(paths: Sequence[str], suffixes: Sequence[str]) -> list[Path]:
-    files = collect_inputs(paths, suffixes)
-    if not files:
-        raise CliError(f"no input files ({', '.join(suffixes)}) found in {', '.join(paths)}")
-    return files
+def find_inputs(paths: Sequence[str], suffixes: Iterable[str]) -> Inputs:
+    inputs = collect_inputs(paths, suffixes)
+    if not inputs.files:
+        others = f" (only {len(inputs.skipped)} other file(s))" if inputs.skipped else ""
+        raise CliError(f"no input files ({', '.join(sorted(suffixes))}) found in {', '.join(paths)}{others}")
+    return inputs
+
+
+def report_skipped(skipped: Sequence[Path], kind: str) -> None:
+    """One line per file of an input folder that is not processed: nothing is left out silently."""
+    for path in skipped:
+        print(f"dcvic: {path}: skipped, not {kind} file", file=sys.stderr)
+
+
+def skipped_note(skipped: int, failures: int, kind: str) -> str:
+    """``; skipped 3 file(s): 2 not an image file, 1 failed`` for the summary line (empty when none were)."""
+    parts = [f"{skipped} not {kind} file"] if skipped else []
+    parts += [f"{failures} failed"] if failures else []
+    return f"; skipped {skipped + failures} file(s): {', '.join(parts)}" if parts else ""
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    files = find_inputs(args.inputs, IMAGE_SUFFIXES)
+    inputs = find_inputs(args.inputs, IMAGE_SUFFIXES)
     codec = load_codec(args.checkpoint, args.device)
     try:
         conditioning = resolve_conditioning(codec.quality_table, args.quality, args.beta_rate, args.beta_vq)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     out = Path(args.output)
+    report_skipped(inputs.skipped, "an image")
     records, failures = _for_each(
-        "compress", files, lambda f: compress_file(codec, f, out / f"{f.stem}{CONTAINER_SUFFIX}", conditioning)
+        "compress", inputs.files, lambda f: compress_file(codec, f, out / f"{f.stem}{CONTAINER_SUFFIX}", conditioning)
     )
+    report = ""
     if records:
-        csv_path, json_path = write_reports(records, out, "_bitrates")
+        csv_path, json_path = write_reports(records, out, COMPRESS_REPORT)
         mean_bpp = sum(r.real_bpp for r in records) / len(records)
-        print(f"compressed {len(records)} image(s), mean real bpp {mean_bpp:.5f}; see {csv_path} and {json_path}")
+        report = f", mean real bpp {mean_bpp:.5f}; see {csv_path} and {json_path}"
+    print(f"compressed {len(records)} image(s){report}{skipped_note(len(inputs.skipped), failures, 'an image')}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    files = find_inputs(args.inputs, (LEGACY_SUFFIX,) if args.legacy else (CONTAINER_SUFFIX,))
+    suffix = LEGACY_SUFFIX if args.legacy else CONTAINER_SUFFIX
+    inputs = find_inputs(args.inputs, (suffix,))
     codec = load_codec(args.checkpoint, args.device)
     out = Path(args.output)
+    report_skipped(inputs.skipped, f"a {suffix}")
     records, failures = _for_each(
         "decompress",
-        files,
+        inputs.files,
         lambda f: decompress_file(codec, f, out / f"{f.stem}.png", args.legacy, args.legacy_eb_version),
     )
+    report = ""
     if records:
-        csv_path, _ = write_reports(records, out, "_decode_times")
-        print(f"decoded {len(records)} file(s) into {out}; times in {csv_path}")
+        csv_path, _ = write_reports(records, out, DECOMPRESS_REPORT)
+        report = f" into {out}; times in {csv_path}"
+    print(f"decoded {len(records)} file(s){report}{skipped_note(len(inputs.skipped), failures, f'a {suffix}')}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
@@ -128,7 +154,7 @@ def _for_each(name: str, files: Sequence[Path], work: Callable[[Path], object]) 
             records.append(work(path))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop (or traceback) the batch
             failures += 1
-            tqdm.write(f"dcvic: {path}: {_describe(exc)}", file=sys.stderr)
+            tqdm.write(f"dcvic: {failure_line(path, exc)}", file=sys.stderr)
     return records, failures
 
 

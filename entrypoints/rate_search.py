@@ -10,16 +10,13 @@ memo of (beta_rate, beta_vq) -> bpp. ``search=bisect`` reproduces the authors' p
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_modules.stage2.jobs import run_rate_search  # noqa: E402
+from lightning_modules.stage2.jobs import run_rate_search
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

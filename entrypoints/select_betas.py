@@ -9,16 +9,13 @@ Writes the reference CSVs and ``<save_dir>/selected_betas.yaml``, which stage 3 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_modules.stage2.jobs import resolve_device, run_selection  # noqa: E402
+from lightning_modules.stage2.jobs import resolve_device, run_selection
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_modules.images import atomic_path
 from lightning_modules.networks.dcvic import DCVIC, build_dcvic
 from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
 
@@ -75,23 +76,18 @@ def weights_fingerprint(state_dict: dict[str, Tensor]) -> bytes:
 
 def save_model_file(path: str | Path, model_file: ModelFile) -> Path:
     """Atomic write: a crash never leaves a half-written model file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "architecture": model_file.architecture,
-            "state_dict": model_file.state_dict,
-            "discriminator": model_file.discriminator,
-            "quality_table": model_file.quality_table,
-            "source": model_file.source,
-        },
-        tmp,
-    )
-    tmp.replace(path)
-    return path
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": model_file.architecture,
+        "state_dict": model_file.state_dict,
+        "discriminator": model_file.discriminator,
+        "quality_table": model_file.quality_table,
+        "source": model_file.source,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def load_model_file(path: str | Path) -> ModelFile:

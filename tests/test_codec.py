@@ -21,10 +21,9 @@ from lightning_modules.codec.container import (
 from lightning_modules.codec.image_codec import (
     DCVICCodec,
     decode_latents,
-    image_to_tensor,
     resolve_conditioning,
-    tensor_to_image,
 )
+from lightning_modules.images import image_to_tensor, tensor_to_image
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model, write_model_file
@@ -134,7 +133,8 @@ def test_wide_short_image_round_trips_through_tiled_decoding() -> None:
 _COMPRESS_SCRIPT = """
 import sys, torch
 from lightning_modules.model_file import load_model_file
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+from lightning_modules.images import image_to_tensor
 from tests.support.codec_models import photo
 torch.set_num_threads(int(sys.argv[3]))
 codec = DCVICCodec.from_model_file(load_model_file(sys.argv[1]))

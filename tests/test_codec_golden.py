@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lightning_modules.codec.container import entropy_bottleneck_124, read_legacy, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, decode_latents, encode_latents, tensor_to_image
+from lightning_modules.codec.image_codec import DCVICCodec, decode_latents, encode_latents
+from lightning_modules.images import tensor_to_image
 from tests.conftest import load_vector
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lightning_modules.codec.image_codec import image_to_tensor
+from lightning_modules.images import image_to_tensor
 from lightning_modules.networks.tiling import keep_ranges, tile_starts, tiled_apply
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model
 

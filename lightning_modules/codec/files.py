@@ -1,83 +1,63 @@
-"""File-level codec work behind the ``dcvic`` command: image I/O, atomic writes, per-image records, reports.
+"""File-level codec work behind the ``dcvic`` command: inputs, per-image records, reports.
 
-Outputs are written to a temporary name in the target folder and renamed into place, so an interrupted or
-failed run never leaves a half-written ``.dcvic`` or ``.png`` that looks finished.
+Images are read and outputs written through :mod:`lightning_modules.images` (the suffixes every command
+accepts, EXIF orientation, atomic writes: an interrupted or failed run never leaves a half-written ``.dcvic``
+or ``.png`` that looks finished).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from lightning_modules.codec.container import Container
-from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, tensor_to_image
+from lightning_modules.codec.image_codec import Conditioning, DCVICCodec
+from lightning_modules.images import image_to_tensor, read_rgb, save_png, split_folder, tensor_to_image, write_atomic
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CONTAINER_SUFFIX = ".dcvic"
 LEGACY_SUFFIX = ".bin"
+COMPRESS_REPORT, DECOMPRESS_REPORT = "_bitrates", "_decode_times"
+REPORT_NAMES = {f"{stem}{suffix}" for stem in (COMPRESS_REPORT, DECOMPRESS_REPORT) for suffix in (".csv", ".json")}
 
 
 class InputError(ValueError):
     """An input that is missing, unreadable, or not what the command expects."""
 
 
-def collect_inputs(paths: Sequence[str | Path], suffixes: Sequence[str]) -> list[Path]:
-    """Files as given, folders expanded to their matching files (sorted, not recursive)."""
-    files: list[Path] = []
+@dataclass
+class Inputs:
+    """The files a command will process, and the other files of its input folders (reported, never dropped)."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def collect_inputs(paths: Sequence[str | Path], suffixes: Iterable[str]) -> Inputs:
+    """Files as given, folders expanded to their files with one of ``suffixes`` (sorted, not recursive).
+
+    Every other file of a folder is listed in :attr:`Inputs.skipped`, so the caller can say what it left out,
+    except the reports :func:`write_reports` puts next to the outputs (decompressing a compress folder is normal).
+    """
+    inputs = Inputs()
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes))
+            matching, others = split_folder(path, suffixes)
+            inputs.files.extend(matching)
+            inputs.skipped.extend(other for other in others if other.name not in REPORT_NAMES)
         elif path.is_file():
-            files.append(path)
+            inputs.files.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
-    stems = [f.stem for f in files]
+    stems = [f.stem for f in inputs.files]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise InputError(f"several inputs would write the same output name: {', '.join(duplicates)}")
-    return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 HWC RGB; any unreadable, truncated or oversized image becomes an :class:`InputError`."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from exc
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return inputs
 
 
 @dataclass
@@ -103,7 +83,7 @@ class CompressRecord:
 
 
 def compress_file(codec: DCVICCodec, source: Path, target: Path, conditioning: Conditioning) -> CompressRecord:
-    image = read_image(source)
+    image = read_rgb(source)
     start = time.perf_counter()
     container, code = codec.compress(image_to_tensor(image), conditioning)
     data = container.to_bytes()
@@ -151,7 +131,7 @@ def decompress_file(
     else:
         x_hat, _ = codec.decode_container(Container.from_bytes(data))
     image = tensor_to_image(x_hat)
-    write_png(target, image)
+    save_png(target, image)
     return DecompressRecord(str(source), str(target), image.shape[0], image.shape[1], time.perf_counter() - start)
 
 
@@ -159,12 +139,12 @@ def write_reports(records: Iterable[CompressRecord | DecompressRecord], folder: 
     """``<stem>.csv`` with one row per image and ``<stem>.json`` with means (``avg_bpp`` for compress)."""
     table = pd.DataFrame([asdict(r) for r in records])
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_atomic(csv_path, table.to_csv(index=False).encode())
+    write_atomic(csv_path, table.to_csv(index=False))
     summary: dict[str, float | int] = {"images": len(table)}
     if len(table):
         numeric = table.select_dtypes("number").drop(columns=["height", "width", "quality_index"], errors="ignore")
         summary.update({f"mean_{k}": float(v) for k, v in numeric.mean().items()})
         if "real_bpp" in table:
             summary["avg_bpp"] = float(table["real_bpp"].mean())
-    write_atomic(json_path, json.dumps(summary, indent=2).encode())
+    write_atomic(json_path, json.dumps(summary, indent=2))
     return csv_path, json_path

@@ -279,14 +279,3 @@ def _symbols(eb: EntropyBottleneck, y_size: tuple[int, int]) -> int:
 
 def _num_y_symbols(model: DCVIC, y_size: tuple[int, int]) -> int:
     return model.context_model.num_slices * model.context_model.slice_ch * y_size[0] * y_size[1]
-
-
-def image_to_tensor(image: np.ndarray) -> Tensor:
-    """uint8 HWC RGB → (1, 3, H, W) float32 in [-1, 1], exactly ``Normalize(0.5, 0.5)(ToTensor()(img))``."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-    return x.sub(0.5).div(0.5).unsqueeze(0)
-
-
-def tensor_to_image(x_hat: Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [-1, 1] → uint8 HWC RGB by truncation, like the reference's writer (§6.5 step 8)."""
-    return ((x_hat[0].permute(1, 2, 0).float() + 1) / 2 * 255).numpy().astype(np.uint8)

@@ -1,8 +1,8 @@
 """Evaluation metrics computed the way the DC-VIC paper computed them (design §6.7, §7).
 
 * PSNR: 8-bit images, ``MSE = Σerr² / 3HW`` per image, the reported value is the mean of per-image PSNRs.
-  Model outputs become 8-bit by **truncation** ``uint8((x + 1) / 2 · 255)`` like the reference's PNG writer;
-  :func:`to_uint8` with ``rounding=True`` gives the rounded variant, which we report separately and label.
+  Model outputs become 8-bit by **truncation** ``uint8((x + 1) / 2 · 255)`` like the reference's PNG writer
+  (:func:`lightning_modules.images.to_uint8`); the rounded variant (``to_uint8_rounded``) is reported separately.
 * MS-SSIM on 8-bit values (data range 255), LPIPS-AlexNet on [-1, 1], DISTS on [0, 1], all full resolution,
   one image at a time (the images of a dataset differ in size).
 * FID and KID with the HiFiC patch protocol: non-overlapping 256² patches of the top-left grid plus those of
@@ -32,12 +32,19 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.models.vgg import cfgs as vgg_configs
 from torchvision.models.vgg import make_layers
 
+from lightning_modules.images import from_uint8
 from lightning_modules.perceptual import ALEXNET_FILE, build_lpips
 
 PATCH_SIZE = 256
 PATCH_SHIFT = 128
 FID_MIN_IMAGES = 50
-MS_SSIM_MIN_SIDE = 176  # torchmetrics' 5-scale, 11-tap MS-SSIM needs side // 16 > 10
+# torchmetrics' MS-SSIM (the one training validation and evaluation both call): 5 scales, an 11-tap Gaussian
+# window (sigma 1.5). Between scales the image is average-pooled by 2, so the coarsest scale is side // 16 px
+# wide and the window must fit there: side // 16 >= 11, i.e. side >= 176. (torchmetrics' error message says
+# "larger than 160", the product 10 · 16, but its check is ``side // 16 > 10``: 161 to 175 px raise.)
+MS_SSIM_SCALES = 5
+MS_SSIM_WINDOW = 11
+MS_SSIM_MIN_SIDE = MS_SSIM_WINDOW * 2 ** (MS_SSIM_SCALES - 1)
 VGG16_FILE = "vgg16-397923af.pth"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # file -> (where to get it, its key in conf/metrics)
@@ -54,19 +61,8 @@ _DISTS_STAGES = ((0, 4), (5, 9), (10, 16), (17, 23), (24, 30))
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Pixel conversions and full-reference metrics
+# Full-reference metrics
 # ---------------------------------------------------------------------------------------------------------
-
-
-def to_uint8(x: Tensor, rounding: bool = False) -> Tensor:
-    """[-1, 1] float → uint8; truncation (the reference convention) unless ``rounding``."""
-    scaled = (x.float().clamp(-1, 1) + 1) / 2 * 255
-    return (scaled.round() if rounding else scaled).to(torch.uint8)
-
-
-def from_uint8(image: Tensor) -> Tensor:
-    """uint8 (…, 3, H, W) → float in [-1, 1], i.e. ``Normalize(0.5, 0.5)(ToTensor()(img))``."""
-    return image.float().div(255).sub(0.5).div(0.5)
 
 
 def _batched(image: Tensor) -> Tensor:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from lightning_modules.images import write_atomic
 
 Evaluate = Callable[[float], float]
 """``beta_rate -> average estimated bpp`` at a fixed ``beta_vq``."""
@@ -270,7 +271,7 @@ class BppMemo:
             if cached is not None:
                 return cached
             avg_bpp = float(compute(beta_rate))
-            _atomic_write_json(path, {"beta_vq": beta_vq, "beta_rate": beta_rate, "avg_bpp": avg_bpp})
+            write_atomic(path, json.dumps({"beta_vq": beta_vq, "beta_rate": beta_rate, "avg_bpp": avg_bpp}))
             self.computed += 1
             return avg_bpp
 
@@ -286,12 +287,6 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
 
 
 # --- the reference's result files ----------------------------------------------------------------------------

@@ -14,7 +14,6 @@ beta-free PatchGAN. Like the DC-VIC systems, this one counts ``iteration`` (one 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from lightning_modules.images import atomic_path
 from lightning_modules.networks.vqgan_trainable import TrainableVQGAN
 from lightning_modules.perceptual import build_lpips
 
@@ -265,10 +265,7 @@ def export_taming_checkpoint(source: VQGANSystem | TrainableVQGAN, path: str | P
     It loads like the official file: ``load_vqgan(path, **torch.load(path)["architecture"])``.
     """
     vqgan = source.vqgan if isinstance(source, VQGANSystem) else source
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu").clone() for key, value in vqgan.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"state_dict": state, "architecture": dict(vqgan.architecture)}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "architecture": dict(vqgan.architecture)}, tmp)
+    return Path(path)
