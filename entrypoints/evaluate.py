@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from entrypoints.preflight import exit_on_config_problems  # noqa: E402
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
 from lightning_modules.evaluation.metrics import MetricSuite, PatchDistributionMetrics, psnr_per_image, to_uint8  # noqa: E402
 from lightning_modules.model_file import load_model_file  # noqa: E402
@@ -369,6 +370,7 @@ def evaluate(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    exit_on_config_problems(cfg, "evaluate.py")
     options = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a `???` left unset stops here
     options.pop("metrics")
     suite = instantiate(cfg.metrics)

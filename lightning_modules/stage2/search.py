@@ -33,8 +33,6 @@ import pandas as pd
 Evaluate = Callable[[float], float]
 """``beta_rate -> average estimated bpp`` at a fixed ``beta_vq``."""
 
-PAPER_BETA_VQ = [0.25 * k for k in range(1, 15)]
-PAPER_TARGETS_BPP = [0.05, 0.075, 0.1, 0.125, 0.15]
 SEARCH_CSV_COLUMNS = ["run_cnt", "beta_vq", "beta_rate", "avg_bpp", "diff"]
 
 
