@@ -77,7 +77,7 @@ def stage2_config(runs_dir: Path, run_name: str, overrides: list[str]) -> DictCo
 
 @torch.no_grad()
 def rate_range(cfg: DictConfig) -> tuple[float, float]:
-    """The bpp range every beta_vq reaches between beta_rate 3 and 0 on stage 2's own validation crops.
+    """The bpp range every beta_vq reaches between the model's highest beta_rate and 0 on stage 2's validation crops.
 
     Builds the crops first (stage 2 then reuses them), so the targets are measured the way stage 2 measures.
     """
@@ -89,7 +89,7 @@ def rate_range(cfg: DictConfig) -> tuple[float, float]:
     )
     model, _ = load_eval_model(model_file, "cpu")
     loader = validation_loader(stage.val_set, batch_size=int(stage.search.batch_size))
-    low = max(average_bpp(model, loader, 3.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
+    low = max(average_bpp(model, loader, model.beta_range.rate_max, float(beta_vq)) for beta_vq in stage.beta_vqs)
     high = min(average_bpp(model, loader, 0.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
     return low, high
 
@@ -111,10 +111,6 @@ def stage2_targets(low: float, high: float, count: int = 5) -> tuple[list[float]
     span = np.log(high) - np.log(low)
     targets = [round(float(np.exp(np.log(low) + span * f)), 5) for f in np.linspace(0.1, 0.9, count)]
     return targets, round((high - low) / 10, 6)
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

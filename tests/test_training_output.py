@@ -15,7 +15,7 @@ from lightning_modules.model_file import load_model_file
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-NOISE = ("Warning", "warnings.warn", "weights_only", "Tip:", "TPU available", "module(s) in eval mode", "Epoch ", "Traceback")
+NOISE = ("Warning", "warn(", "weights_only", "Tip:", "TPU available", "module(s) in eval mode", "Epoch ", "Traceback")
 BAR = re.compile(r"^iteration (\d+)/(\d+) · ")
 
 
