@@ -8,6 +8,7 @@ and loaded with an explicit ``weights_only``), and any other warning still shows
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 IGNORED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
@@ -24,6 +25,9 @@ IGNORED_LOG_LINES: tuple[str, ...] = (
     "HPU available:",
 )
 LIGHTNING_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+CHILD_PROCESS_FILTER = "ignore:`torch.jit.script` is deprecated:FutureWarning"
+"""For fresh interpreters we start (stage 2's joblib workers import compressai again): ``-W`` syntax, a literal
+message prefix."""
 
 
 class _DropLines(logging.Filter):
@@ -36,9 +40,12 @@ class _DropLines(logging.Filter):
 
 
 def silence_dependency_noise() -> None:
-    """Ignore the warnings and log lines above (idempotent)."""
+    """Ignore the warnings and log lines above, here and in child interpreters (idempotent)."""
     for message, category in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    inherited = os.environ.get("PYTHONWARNINGS", "")
+    if CHILD_PROCESS_FILTER not in inherited.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (inherited, CHILD_PROCESS_FILTER)))
     logger = logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER)
     if not any(isinstance(f, _DropLines) for f in logger.filters):
         logger.addFilter(_DropLines(IGNORED_LOG_LINES))
