@@ -22,7 +22,6 @@ OPENIMAGE_HINT = (
 )
 KODAK_HINT = "download the 24 Kodak PNGs (kodim01.png … kodim24.png, r0k.us/graphics/kodak) and set paths.kodak_root"
 SAMPLE_TRAIN = ("astronaut", "rocket", "immunohistochemistry", "coffee", "chelsea")
-SAMPLE_VAL = ("coffee", "chelsea")
 
 
 def _require_dir(path: Path, hint: str) -> Path:

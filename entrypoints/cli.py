@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-# compressai and taming script functions at import time; torch's deprecation notice for that would be the
-# first line a user sees on stderr, where only our one-line errors belong.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from lightning_modules.codec.files import (  # noqa: E402
+import entrypoints  # noqa: F401 - first: its __init__ silences compressai's import-time warning on stderr
+from lightning_modules.codec.files import (
     COMPRESS_REPORT,
     CONTAINER_SUFFIX,
     DECOMPRESS_REPORT,
@@ -34,9 +30,9 @@ from lightning_modules.codec.files import (  # noqa: E402
     decompress_file,
     write_reports,
 )
-from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
-from lightning_modules.images import IMAGE_SUFFIXES, failure_line  # noqa: E402
-from lightning_modules.model_file import load_model_file  # noqa: E402
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+from lightning_modules.images import IMAGE_SUFFIXES, failure_line
+from lightning_modules.model_file import load_model_file
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
 
@@ -55,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(compress, "images or folders of images")
     compress.add_argument("--quality", "-q", type=int, help="quality index of the model's table (0 = lowest rate)")
-    compress.add_argument("--beta-rate", type=float, help="explicit β_rate in [0, 3] (with --beta-vq)")
-    compress.add_argument("--beta-vq", type=float, help="explicit β_vq in [0, 3.5] (with --beta-rate)")
+    compress.add_argument("--beta-rate", type=float, help="explicit β_rate (0…3 for the paper's model), with --beta-vq")
+    compress.add_argument("--beta-vq", type=float, help="explicit β_vq (0…3.5 for the paper's model), with --beta-rate")
     decompress = commands.add_parser("decompress", help=".dcvic (or the authors' .bin) files → PNG")
     _add_common(decompress, ".dcvic files or folders of them")
     decompress.add_argument("--legacy", action="store_true", help="inputs are the authors' .bin files")
@@ -109,8 +105,16 @@ def skipped_note(skipped: int, failures: int, kind: str) -> str:
 def run_compress(args: argparse.Namespace) -> int:
     inputs = find_inputs(args.inputs, IMAGE_SUFFIXES)
     codec = load_codec(args.checkpoint, args.device)
+    if args.quality is not None and codec.quality_table is None:
+        limits = codec.beta_range
+        raise CliError(
+            f"{args.checkpoint} has no quality table (no beta pairs were selected for it: a stage-1_x model); "
+            f"give --beta-rate in [0, {limits.rate_max}] and --beta-vq in [0, {limits.vq_max}] instead of --quality"
+        )
     try:
-        conditioning = resolve_conditioning(codec.quality_table, args.quality, args.beta_rate, args.beta_vq)
+        conditioning = resolve_conditioning(
+            codec.quality_table, args.quality, args.beta_rate, args.beta_vq, codec.beta_range
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     out = Path(args.output)

@@ -74,7 +74,7 @@ def stage2_config(runs_dir: Path, run_name: str, overrides: list[str]) -> DictCo
 
 @torch.no_grad()
 def rate_range(cfg: DictConfig) -> tuple[float, float]:
-    """The bpp range every beta_vq reaches between beta_rate 3 and 0 on stage 2's own validation crops.
+    """The bpp range every beta_vq reaches between the model's highest beta_rate and 0 on stage 2's validation crops.
 
     Builds the crops first (stage 2 then reuses them), so the targets are measured the way stage 2 measures.
     """
@@ -86,7 +86,7 @@ def rate_range(cfg: DictConfig) -> tuple[float, float]:
     )
     model, _ = load_eval_model(model_file, "cpu")
     loader = validation_loader(stage.val_set, batch_size=int(stage.search.batch_size))
-    low = max(average_bpp(model, loader, 3.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
+    low = max(average_bpp(model, loader, model.beta_range.rate_max, float(beta_vq)) for beta_vq in stage.beta_vqs)
     high = min(average_bpp(model, loader, 0.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
     return low, high
 

@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from entrypoints.preflight import exit_on_config_problems
 from lightning_modules.evaluation.rate_distortion import evaluate
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -20,6 +21,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    exit_on_config_problems(cfg, "evaluate.py")
     options = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a `???` left unset stops here
     options.pop("metrics")
     suite = instantiate(cfg.metrics)

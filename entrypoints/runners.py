@@ -82,7 +82,7 @@ def prepare_run(cfg: DictConfig) -> TrainingRun:
 def train_dcvic(cfg: DictConfig) -> Path:
     """Fit one stage and export ``model.pt``; returns the run directory. Calling it again after a crash resumes."""
     run = prepare_run(cfg)
-    run.trainer.fit(run.system, datamodule=run.datamodule, ckpt_path=run.resume_from)
+    run.trainer.fit(run.system, datamodule=run.datamodule, ckpt_path=run.resume_from, weights_only=True)
     if run.trainer.is_global_zero and run.system.iteration >= run.system.max_iterations:
         source = f"dcvic stage {cfg.stage_name} ({run.run_dir}, {run.system.iteration} iterations)"
         path = export_model_file(run.system, network_architecture(cfg), run.run_dir / MODEL_FILE, source)
@@ -104,7 +104,8 @@ def train_vqgan(cfg: DictConfig) -> Path:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
     last = run_dir / LAST_CHECKPOINT
-    trainer.fit(system, datamodule=instantiate(cfg.data), ckpt_path=last if last.is_file() else None)
+    resume_from = last if last.is_file() else None
+    trainer.fit(system, datamodule=instantiate(cfg.data), ckpt_path=resume_from, weights_only=True)
     path = run_dir / VQGAN_FILE
     if trainer.is_global_zero and system.iteration >= system.max_iterations:
         export_taming_checkpoint(system, path)

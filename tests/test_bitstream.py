@@ -80,7 +80,7 @@ def test_insane_header_values_are_refused_even_with_a_valid_checksum() -> None:
         dict(height=0),
         dict(width=1 << 31, height=1 << 31),
         dict(beta_rate=float("nan")),
-        dict(beta_vq=9.0),
+        dict(beta_vq=-1.0),
     ):
         with pytest.raises(BitstreamError, match="corrupt header"):
             Container.from_bytes(sample(**fields).to_bytes())

@@ -76,6 +76,19 @@ def test_explicit_betas(photos: Path, model_path: Path, tmp_path: Path, capsys) 
     assert (container.quality_index, container.beta_rate, container.beta_vq) == (255, 0.5, 1.5)
 
 
+def test_quality_needs_a_selected_table(photos: Path, tmp_path: Path, capsys) -> None:
+    """A stage-1_x model carries no quality table: --quality is refused in one line that says what to give."""
+    stage_1 = write_model_file(tmp_path / "stage_1_3.pt", quality_table=None)
+    argv = ["compress", str(photos / "astronaut.png"), "-o", str(tmp_path / "out"), "--checkpoint", str(stage_1)]
+    code, _, err = run([*argv, "-q", "2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "has no quality table" in err and "--beta-rate in [0, 3.0] and --beta-vq in [0, 3.5]" in err
+    code, _, err = run([*argv, "--beta-rate", "1.0", "--beta-vq", "2.0"], capsys)
+    assert code == 0, err
+    code, _, err = run([*argv, "--beta-rate", "3.2", "--beta-vq", "2.0"], capsys)
+    assert code == 2 and "beta_rate must lie in [0, 3.0]" in err
+
+
 def test_bad_images_are_reported_and_skipped(photos: Path, model_path: Path, tmp_path: Path, capsys) -> None:
     (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     good = (photos / "astronaut.png").read_bytes()

@@ -28,7 +28,7 @@ from lightning_modules.evaluation.folder_metrics import calc_metrics
 from lightning_modules.evaluation.metrics import MetricSuite, psnr_per_image
 from lightning_modules.evaluation.rate_distortion import REFERENCE_COLUMNS, evaluate, make_settings, read_image
 from lightning_modules.images import to_uint8
-from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.perceptual import ALEXNET_FILE
 from tests.support.metric_backbones import small_metric_suite, write_random_alexnet
@@ -47,7 +47,8 @@ def save_photo(folder: Path, name: str, array: np.ndarray) -> Path:
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     state = build_dcvic(**TINY_ARCHITECTURE).state_dict()
-    return save_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", ModelFile(TINY_ARCHITECTURE, state))
+    model = ModelFile(TINY_ARCHITECTURE, state, quality_table=RELEASED_QUALITY_TABLE)  # as a converted release
+    return save_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", model)
 
 
 @pytest.fixture(scope="module")

@@ -38,8 +38,8 @@ from lightning_modules.codec.container import (
     guard_stream,
     read_legacy,
 )
-from lightning_modules.model_file import ModelFile, weights_fingerprint
-from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
+from lightning_modules.model_file import ModelFile, QualityTable, weights_fingerprint
+from lightning_modules.networks.conditioning import BetaRange
 from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
 from lightning_modules.networks.tiling import needs_tiling
 
@@ -59,24 +59,30 @@ class Conditioning:
 
 
 def resolve_conditioning(
-    quality_table: dict[str, list[float]],
+    quality_table: QualityTable | None,
     quality: int | None = None,
     beta_rate: float | None = None,
     beta_vq: float | None = None,
+    beta_range: BetaRange | None = None,
 ) -> Conditioning:
-    """A quality index of the model's table, or an explicit pair (rounded to float32, as transmitted)."""
+    """A quality index of the model's table, or an explicit pair (rounded to float32, as transmitted), checked
+    against the model's ``beta_range`` when given (:meth:`DCVICCodec.compress` checks it in any case)."""
     if quality is not None:
         if beta_rate is not None or beta_vq is not None:
             raise ValueError("give either a quality index or an explicit beta pair, not both")
+        if quality_table is None:
+            raise ValueError(
+                "this model file has no quality table (only stage 3 and converted releases carry selected pairs): "
+                "give an explicit beta pair instead"
+            )
         count = len(quality_table["beta_rate"])
         if not 0 <= quality < count:
             raise ValueError(f"quality index {quality} is out of range: this model has qualities 0..{count - 1}")
         return Conditioning(quality, quality_table["beta_rate"][quality], quality_table["beta_vq"][quality])
     if beta_rate is None or beta_vq is None:
         raise ValueError("give a quality index, or both beta_rate and beta_vq")
-    for name, value, high in (("beta_rate", beta_rate, BETA_RATE_MAX), ("beta_vq", beta_vq, BETA_VQ_MAX)):
-        if not 0.0 <= value <= high:
-            raise ValueError(f"{name} must lie in [0, {high}], got {value}")
+    if beta_range is not None:
+        beta_range.check(beta_rate, beta_vq)
     return Conditioning(None, float(np.float32(beta_rate)), float(np.float32(beta_vq)))
 
 
@@ -194,7 +200,7 @@ def analyse(model: DCVIC, x: Tensor, conditioning: Conditioning) -> Tensor:
 class DCVICCodec:
     """A prepared model plus its identity: turns images into :class:`Container` bytes and back."""
 
-    def __init__(self, model: DCVIC, quality_table: dict[str, list[float]], fingerprint: bytes | None = None):
+    def __init__(self, model: DCVIC, quality_table: QualityTable | None, fingerprint: bytes | None = None):
         self.model = prepare_for_coding(model)
         self.quality_table = quality_table
         self.fingerprint = fingerprint or weights_fingerprint(model.state_dict())
@@ -203,7 +209,12 @@ class DCVICCodec:
     def from_model_file(cls, model_file: ModelFile) -> DCVICCodec:
         return cls(model_file.build_model(), model_file.quality_table, model_file.fingerprint())
 
+    @property
+    def beta_range(self) -> BetaRange:
+        return self.model.beta_range
+
     def compress(self, x: Tensor, conditioning: Conditioning) -> tuple[Container, LatentCode]:
+        self.beta_range.check(conditioning.beta_rate, conditioning.beta_vq)
         height, width = x.shape[-2:]
         code = encode_latents(self.model, analyse(self.model, x, conditioning))
         container = Container(
@@ -225,6 +236,11 @@ class DCVICCodec:
                 f"this file was made with model {container.fingerprint.hex()}, but the loaded model is "
                 f"{self.fingerprint.hex()}; decode it with the checkpoint that compressed it"
             )
+        if not self.beta_range.contains(container.beta_rate, container.beta_vq):
+            raise BitstreamError(
+                f"corrupt header: betas ({container.beta_rate}, {container.beta_vq}) lie outside this model's "
+                f"[0, {self.beta_range.rate_max}]×[0, {self.beta_range.vq_max}]"
+            )
         conditioning = Conditioning(container.quality_index, container.beta_rate, container.beta_vq)
         return self._decode(container.z_string, container.y_string, container.height, container.width, conditioning)
 
@@ -238,6 +254,8 @@ class DCVICCodec:
         The file cannot say which compressai wrote it; the authors used 1.2.4, hence the default.
         """
         legacy = read_legacy(data)
+        if self.quality_table is None:
+            raise ValueError("an authors' .bin file names a quality index, but this model file has no quality table")
         count = len(self.quality_table["beta_rate"])
         if legacy.quality_index >= count:
             raise BitstreamError(f"legacy file asks for quality {legacy.quality_index}; the model has 0..{count - 1}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning import BetaLike
+from .conditioning import PAPER_BETA_RANGE, BetaLike, BetaRange
 from .context_model import ChannelContextModel, ContextOutput
 from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
 from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
@@ -132,6 +132,8 @@ class DCVIC(nn.Module):
         pad_multiple: int = 64,
     ) -> None:
         super().__init__()
+        if encoder.beta_range != decoder.beta_range:
+            raise ValueError(f"encoder and decoder beta ranges differ: {encoder.beta_range} vs {decoder.beta_range}")
         self.encoder = encoder
         self.decoder = decoder
         self.hyperencoder = hyperencoder
@@ -147,6 +149,11 @@ class DCVIC(nn.Module):
     @property
     def dual_conditioned(self) -> bool:
         return self.encoder.dual_conditioned
+
+    @property
+    def beta_range(self) -> BetaRange:
+        """The betas this model was built for (an architecture argument; the codec and stage 2 read it here)."""
+        return self.encoder.beta_range
 
     # --- stages, each callable on its own (teacher forcing, codec, training) ---
 
@@ -284,9 +291,6 @@ class DCVIC(nn.Module):
 
     # --- weights ---
 
-    def trainable_state_dict_keys(self) -> list[str]:
-        return [k for k in self.state_dict() if not k.startswith("vq_model.")]
-
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
         load_entropy_tables(self.entropy_model_z, "entropy_model_z", state_dict)
         load_entropy_tables(self.entropy_model_y, "entropy_model_y", state_dict)
@@ -342,10 +346,13 @@ def build_dcvic(
     n_embed: int = 256,
     embed_dim: int = 4,
     vqgan_checkpoint: str | None = None,
+    beta_rate_max: float = PAPER_BETA_RANGE.rate_max,
+    beta_vq_max: float = PAPER_BETA_RANGE.vq_max,
 ) -> DCVIC:
     """Wire the sub-networks; defaults are the released architecture (84.0 M trainable + 67.7 M VQGAN).
 
-    ``fourier_freqs`` is the number of Fourier frequencies per beta (the paper's 10; §2.1).
+    ``fourier_freqs`` is the number of Fourier frequencies per beta (the paper's 10; §2.1); ``beta_rate_max`` /
+    ``beta_vq_max`` bound the betas the condition MLPs normalise by (model files without them get the paper's).
     ``vqgan_checkpoint`` loads the frozen VQGAN strictly from a taming file; ``None`` leaves random weights
     (for tests, or when a DC-VIC checkpoint that contains ``vq_model.*`` is loaded next).
     """
@@ -358,11 +365,12 @@ def build_dcvic(
         embed_dim=embed_dim,
     )
     vq_model = load_vqgan(vqgan_checkpoint, **vqgan_arch) if vqgan_checkpoint else FrozenVQGAN(**vqgan_arch)
+    betas = BetaRange(float(beta_rate_max), float(beta_vq_max))
     return DCVIC(
         encoder=ElicVqEncoder(
-            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned, fourier_freqs
+            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned, fourier_freqs, betas
         ),
-        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs),
+        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs, betas),
         hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
         hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
         context_model=ChannelContextModel(main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)),

@@ -79,18 +79,9 @@ class FrozenVQGAN(nn.Module):
         self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, legacy=True, sane_index_shape=True)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
-        self.ch = ch
-        self.ch_mult = tuple(ch_mult)
         self.n_embed = n_embed
         self.embed_dim = embed_dim
         self.freeze()
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def level_channels(self, level: int) -> int:
-        return self.ch * self.ch_mult[level]
 
     def freeze(self) -> None:
         self.requires_grad_(False)

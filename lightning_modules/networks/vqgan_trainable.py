@@ -68,10 +68,6 @@ class TrainableVQGAN(nn.Module):
         self.n_embed = n_embed
 
     @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.architecture["ch_mult"]) - 1)
-
-    @property
     def last_layer(self) -> Tensor:
         """Decoder output weight: taming balances the adversarial gradient against L1/LPIPS on it."""
         return self.decoder.conv_out.weight

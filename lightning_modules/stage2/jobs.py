@@ -42,7 +42,7 @@ class SearchSettings:
     method: str = "illinois"
     tolerance: float = 0.001
     beta_rate_min: float = 0.0
-    beta_rate_max: float = 3.0
+    beta_rate_max: float | None = None  # None: the model's own beta_rate range (its architecture's beta_rate_max)
     max_evals: int = 10
     decimals: int = 3
     batch_size: int = 16
@@ -123,7 +123,7 @@ def run_rate_search(
     kwargs = dict(
         tolerance=settings.tolerance,
         lo=settings.beta_rate_min,
-        hi=settings.beta_rate_max,
+        hi=model.beta_range.rate_max if settings.beta_rate_max is None else settings.beta_rate_max,
         max_evals=settings.max_evals,
         decimals=settings.decimals,
     )

@@ -4,8 +4,8 @@ Both methods see the model only through ``evaluate(beta_rate) -> avg bpp`` and a
 true: the estimated rate falls as ``beta_rate`` rises. Candidates are rounded to 3 decimals like the
 reference, so the two methods share memo entries and their answers are directly comparable.
 
-* :func:`bisect_search` is the authors' procedure, step for step (bounds 0..3, midpoint rounded to
-  3 decimals, stop when ``|bpp - target| <= 0.001`` or after 10 runs).
+* :func:`bisect_search` is the authors' procedure, step for step (bounds 0..3, the model's beta_rate range in the
+  jobs; midpoint rounded to 3 decimals, stop when ``|bpp - target| <= 0.001`` or after 10 runs).
 * :func:`illinois_search` (the default) works on ``log bpp``, which the rate makes close to linear in
   ``beta_rate``: it starts at the midpoint, steps along the secant (a prior slope before there are two
   points) until the target is bracketed or a bound proves it unreachable, then runs regula falsi with the
@@ -30,12 +30,11 @@ from pathlib import Path
 import pandas as pd
 
 from lightning_modules.images import write_atomic
+from lightning_modules.networks.conditioning import PAPER_BETA_RANGE
 
 Evaluate = Callable[[float], float]
 """``beta_rate -> average estimated bpp`` at a fixed ``beta_vq``."""
 
-PAPER_BETA_VQ = [0.25 * k for k in range(1, 15)]
-PAPER_TARGETS_BPP = [0.05, 0.075, 0.1, 0.125, 0.15]
 SEARCH_CSV_COLUMNS = ["run_cnt", "beta_vq", "beta_rate", "avg_bpp", "diff"]
 
 
@@ -93,7 +92,7 @@ def bisect_search(
     target_bpp: float,
     tolerance: float = 0.001,
     lo: float = 0.0,
-    hi: float = 3.0,
+    hi: float = PAPER_BETA_RANGE.rate_max,
     max_evals: int = 10,
     decimals: int = 3,
 ) -> SearchResult:
@@ -118,7 +117,7 @@ def illinois_search(
     target_bpp: float,
     tolerance: float = 0.001,
     lo: float = 0.0,
-    hi: float = 3.0,
+    hi: float = PAPER_BETA_RANGE.rate_max,
     max_evals: int = 10,
     decimals: int = 3,
     known: Mapping[float, float] | None = None,

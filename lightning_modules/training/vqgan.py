@@ -14,7 +14,6 @@ beta-free PatchGAN. Like the DC-VIC systems, this one counts ``iteration`` (one 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +61,7 @@ def optional_lpips(backbone_weights: str | None) -> nn.Module | None:
     A random-backbone LPIPS would be a meaningless training signal, so stage 0 drops the term instead.
     """
     if backbone_weights is None:
-        warnings.warn("stage 0 trains without LPIPS: paths.alexnet_weights is null", stacklevel=2)
+        log.info("stage 0 trains without LPIPS (paths.alexnet_weights is null)")
         return None
     return build_lpips(backbone_weights)
 
