@@ -39,15 +39,6 @@ def codec() -> DCVICCodec:
     return DCVICCodec(seeded_model(TINY_ARCHITECTURE), RELEASED_QUALITY_TABLE)
 
 
-@pytest.fixture
-def one_thread():
-    """The codec's entropy path always runs on one thread; the forward pass must too to match it bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def forward_x_hat(codec: DCVICCodec, x: torch.Tensor, quality: int) -> torch.Tensor:
     beta_rate, beta_vq = resolve_conditioning(codec.quality_table, quality).betas()
     with torch.no_grad():

@@ -50,12 +50,7 @@ ALL_CASES = _case_params(fast=False)
 FAST_CASES = _case_params(fast=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Case:

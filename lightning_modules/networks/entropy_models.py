@@ -3,13 +3,50 @@
 Training: likelihoods come from the noisy value ``v + U(−½, ½)`` while the reconstruction uses straight-through
 rounding around the median (z) or the predicted mean (y), so the decoder trains on the values it will see.
 Evaluation: compressai's own quantise-then-evaluate path, unchanged.
+
+:func:`training_noise` is the one place the training noise is drawn; :func:`injected_noise` lets a test feed it
+recorded tensors instead (training-parity tests, design §4.8).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
+
+NoiseSource = Callable[[Tensor], Tensor]
+_noise_source: NoiseSource | None = None
+
+
+def training_noise(like: Tensor) -> Tensor:
+    """``U(−½, ½)`` of ``like``'s shape (compressai's draw), or the injected source's next tensor."""
+    if _noise_source is not None:
+        return _noise_source(like)
+    return torch.empty_like(like).uniform_(-0.5, 0.5)
+
+
+@contextlib.contextmanager
+def injected_noise(source: NoiseSource) -> Iterator[None]:
+    """Within the block every training-noise draw of every entropy model calls ``source(like)`` (tests only)."""
+    global _noise_source
+    previous, _noise_source = _noise_source, source
+    try:
+        yield
+    finally:
+        _noise_source = previous
+
+
+class _NoiseSeam:
+    """compressai's ``quantize`` with the ``"noise"`` mode drawing through :func:`training_noise`."""
+
+    def quantize(self, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+        if mode == "noise":
+            return inputs + training_noise(inputs)
+        return super().quantize(inputs, mode, means)
 
 
 def ste_round(x: Tensor) -> Tensor:
@@ -17,7 +54,7 @@ def ste_round(x: Tensor) -> Tensor:
     return x + (x.round() - x).detach()
 
 
-class SteEntropyBottleneck(EntropyBottleneck):
+class SteEntropyBottleneck(_NoiseSeam, EntropyBottleneck):
     """Factorized prior for ``z``; ``forward`` returns ``(ẑ, likelihoods)``."""
 
     def __init__(self, channels: int = 192, **kwargs) -> None:
@@ -31,11 +68,13 @@ class SteEntropyBottleneck(EntropyBottleneck):
         outputs, likelihood = super().forward(z, training=training)
         if not training:
             return outputs, likelihood  # outputs = round(z − m) + m
-        m = self.medians()
+        # Not detached, as in the reference: the two paths give the quantiles an exactly-zero gradient (−g + g),
+        # so DDP sees them used in the main backward; the aux loss alone moves them.
+        m = self.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
         return ste_round(z - m) + m, likelihood
 
 
-class SteGaussianConditional(GaussianConditional):
+class SteGaussianConditional(_NoiseSeam, GaussianConditional):
     """Gaussian mean-scale conditional for ``y``; ``σ`` is floored at 0.11 inside the likelihood."""
 
     def __init__(self, scale_bound: float = 0.11, **kwargs) -> None:

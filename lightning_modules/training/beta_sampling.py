@@ -3,6 +3,7 @@
 ``UniformBetaSampler``: β_r = β_r,max·i/(L−1), β_v = β_v,max·j/(L−1), i, j ~ UniformInt{0..L−1} independently per
 sample (L = 101 levels including both ends). ``SelectedBetaSampler``: one pair index k per sample from a table.
 The maxima are the network's (``conf/betas/*.yaml`` interpolate ``${network.beta_rate_max}`` / ``beta_vq_max``).
+``FixedBetaSampler``: given pairs, for replaying a recorded batch.
 
 Table schema (``conf/betas/selected.yaml``, also written by the stage-2 beta search)::
 
@@ -87,6 +88,27 @@ class SelectedBetaSampler:
 
     def quality_table(self) -> dict[str, list[float]] | None:
         return {k: list(v) for k, v in self.table.items()}
+
+
+class FixedBetaSampler:
+    """The same given per-sample pairs on every draw: replays one recorded batch (training-parity tests)."""
+
+    def __init__(self, beta_rate: Sequence[float], beta_vq: Sequence[float]):
+        self.beta_rate = torch.tensor([float(b) for b in beta_rate])
+        self.beta_vq = torch.tensor([float(b) for b in beta_vq])
+        if not len(self.beta_rate) or self.beta_rate.shape != self.beta_vq.shape:
+            raise ValueError(f"beta_rate and beta_vq must be non-empty and equally long: {beta_rate}, {beta_vq}")
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BetaPair:
+        if batch_size != len(self.beta_rate):
+            raise ValueError(f"fixed betas hold {len(self.beta_rate)} pairs, the batch has {batch_size} samples")
+        return self.beta_rate.clone(), self.beta_vq.clone()
+
+    def validation_settings(self) -> dict[str, tuple[float, float]]:
+        return {"fixed0": (float(self.beta_rate[0]), float(self.beta_vq[0]))}
+
+    def quality_table(self) -> dict[str, list[float]] | None:
+        return None
 
 
 class NoBetaSampler:

@@ -17,11 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.networks.dcvic import DCVIC, DCVICOutput
-from lightning_modules.training.beta_sampling import NoBetaSampler, SelectedBetaSampler, UniformBetaSampler
+from lightning_modules.training.beta_sampling import (
+    FixedBetaSampler,
+    NoBetaSampler,
+    SelectedBetaSampler,
+    UniformBetaSampler,
+)
 from lightning_modules.training.losses import DCVICLoss, is_anomalous
 from lightning_modules.training.validation_metrics import validation_metrics
 
-BetaSampler = UniformBetaSampler | SelectedBetaSampler | NoBetaSampler
+BetaSampler = UniformBetaSampler | SelectedBetaSampler | FixedBetaSampler | NoBetaSampler
 NEVER_RUN_PREFIXES = ("decoder.conv4.", "decoder.beta_ft_list.8.")
 PERCEPTUAL_PREFIX = "loss.perceptual."
 
