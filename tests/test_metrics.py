@@ -31,7 +31,13 @@ from lightning_modules.evaluation.metrics import (
 from lightning_modules.images import from_uint8, to_uint8, to_uint8_rounded
 from lightning_modules.perceptual import ALEXNET_FILE
 from lightning_modules.training.validation_metrics import validation_metrics
-from tests.support.metric_backbones import SmallPatchFeatures, small_dists, small_metric_suite, write_random_alexnet
+from tests.support.metric_backbones import (
+    SmallPatchFeatures,
+    small_dists,
+    small_metric_suite,
+    write_random_alexnet,
+    write_random_fid_inception,
+)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -263,20 +269,12 @@ def test_build_metric_suite_respects_switches() -> None:
 
 
 @pytest.mark.slow
-def test_real_inception_path_with_random_weights(tmp_path, monkeypatch) -> None:
+def test_real_inception_path_with_random_weights(tmp_path) -> None:
     """torch-fidelity's Inception built by build_inception from a weights file (random here) feeds FID/KID."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    with monkeypatch.context() as patch:  # only to learn the architecture's keys and shapes
-        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        random_state = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(empty)).state_dict()
-    weights = tmp_path / INCEPTION_FILE
-    torch.save(random_state, weights)
+    weights = write_random_fid_inception(tmp_path / INCEPTION_FILE)  # torch-fidelity's file has the same layout
     distribution = PatchDistributionMetrics(build_inception(weights), min_images=2, kid_subset_size=4)
     for name in PHOTOS:
         distribution.update(distort(photo(name), 30.0), photo(name))
     result = distribution.compute()
-    assert distribution.fid.real_features_sum.shape == (2048,)
+    assert torch.cat(distribution.real_features).shape == (13, 2048)
     assert np.isfinite([result["FID"], result["KID"]]).all()

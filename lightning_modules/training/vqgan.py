@@ -29,6 +29,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from lightning_modules.images import atomic_path
 from lightning_modules.networks.vqgan_trainable import TrainableVQGAN
 from lightning_modules.perceptual import build_lpips
+from lightning_modules.training.randomness import seed_rank_streams
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -131,6 +132,11 @@ class VQGANSystem(L.LightningModule):
         self.codebook_from_data = codebook_from_data
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.iteration = 0
+
+    def setup(self, stage: str) -> None:
+        """Each DDP rank crops its own way (global RNGs from seed + rank, as in the DC-VIC systems)."""
+        if stage == "fit":
+            seed_rank_streams(self.global_rank, self.trainer.world_size)
 
     @property
     def discriminator_active(self) -> bool:
