@@ -6,6 +6,8 @@
 
 Every failure prints one ``dcvic: …`` line on stderr; the exit status is 0 when everything succeeded, 1 when
 some input failed (the others are still processed) and 2 when nothing could start (bad arguments, model).
+torch and compressai (seconds to import) are imported only once a model is needed, so a file whose header
+claims more than ``--max-pixels`` is refused at once.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # compressai and taming script functions at import time; torch's deprecation notice for that would be the
 # first line a user sees on stderr, where only our one-line errors belong.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lightning_modules.codec.files import (  # noqa: E402
@@ -30,10 +32,13 @@ from lightning_modules.codec.files import (  # noqa: E402
     collect_inputs,
     compress_file,
     decompress_file,
+    refused_by_header,
     write_reports,
 )
-from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
-from lightning_modules.model_file import load_model_file  # noqa: E402
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS  # noqa: E402
+
+if TYPE_CHECKING:
+    from lightning_modules.codec.image_codec import DCVICCodec
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
 
@@ -61,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="1.2.4",
         help="compressai version that wrote the legacy z stream (the authors used 1.2.4)",
     )
+    decompress.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_PIXELS:,}, what Pillow and so "
+        "`dcvic compress` accept)",
+    )
     return parser
 
 
@@ -72,6 +84,11 @@ def _add_common(parser: argparse.ArgumentParser, inputs_help: str) -> None:
 
 
 def load_codec(checkpoint: str, device: str) -> DCVICCodec:
+    import torch
+
+    from lightning_modules.codec.image_codec import DCVICCodec
+    from lightning_modules.model_file import load_model_file
+
     try:
         model_file = load_model_file(checkpoint)
         model = model_file.build_model().to(torch.device(device))
@@ -88,6 +105,8 @@ def find_inputs(paths: Sequence[str], suffixes: Sequence[str]) -> list[Path]:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from lightning_modules.codec.image_codec import resolve_conditioning
+
     files = find_inputs(args.inputs, IMAGE_SUFFIXES)
     codec = load_codec(args.checkpoint, args.device)
     try:
@@ -107,17 +126,25 @@ def run_compress(args: argparse.Namespace) -> int:
 
 def run_decompress(args: argparse.Namespace) -> int:
     files = find_inputs(args.inputs, (LEGACY_SUFFIX,) if args.legacy else (CONTAINER_SUFFIX,))
+    refused = refused_by_header(files, args.legacy, args.max_pixels)  # before the model: a bomb costs nothing
+    for path, reason in refused.items():
+        print(f"dcvic: {path}: {reason}", file=sys.stderr)
+    files = [f for f in files if f not in refused]
+    if not files:
+        return EXIT_SOME_FAILED
     codec = load_codec(args.checkpoint, args.device)
     out = Path(args.output)
     records, failures = _for_each(
         "decompress",
         files,
-        lambda f: decompress_file(codec, f, out / f"{f.stem}.png", args.legacy, args.legacy_eb_version),
+        lambda f: decompress_file(
+            codec, f, out / f"{f.stem}.png", args.legacy, args.legacy_eb_version, args.max_pixels
+        ),
     )
     if records:
         csv_path, _ = write_reports(records, out, "_decode_times")
         print(f"decoded {len(records)} file(s) into {out}; times in {csv_path}")
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    return EXIT_SOME_FAILED if failures or refused else EXIT_OK
 
 
 def _for_each(name: str, files: Sequence[Path], work: Callable[[Path], object]) -> tuple[list, int]:

@@ -13,13 +13,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from lightning_modules.codec.container import Container
-from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, tensor_to_image
+from lightning_modules.codec.container import Container, read_image_size
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, DecodeLimitError, check_pixel_limit
+
+if TYPE_CHECKING:  # the codec imports torch and compressai (seconds): only where a file is really coded
+    from lightning_modules.codec.image_codec import Conditioning, DCVICCodec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CONTAINER_SUFFIX = ".dcvic"
@@ -103,6 +106,8 @@ class CompressRecord:
 
 
 def compress_file(codec: DCVICCodec, source: Path, target: Path, conditioning: Conditioning) -> CompressRecord:
+    from lightning_modules.codec.image_codec import image_to_tensor
+
     image = read_image(source)
     start = time.perf_counter()
     container, code = codec.compress(image_to_tensor(image), conditioning)
@@ -139,24 +144,50 @@ class DecompressRecord:
 
 
 def decompress_file(
-    codec: DCVICCodec, source: Path, target: Path, legacy: bool = False, legacy_eb_version: str = "1.2.4"
+    codec: DCVICCodec,
+    source: Path,
+    target: Path,
+    legacy: bool = False,
+    legacy_eb_version: str = "1.2.4",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DecompressRecord:
+    from lightning_modules.codec.image_codec import tensor_to_image
+
     try:
         data = source.read_bytes()
     except OSError as exc:
         raise InputError(f"{source}: cannot read ({exc.strerror})") from exc
     start = time.perf_counter()
     if legacy:
-        x_hat, _ = codec.decompress_legacy(data, legacy_eb_version)
+        x_hat, _ = codec.decompress_legacy(data, legacy_eb_version, max_pixels)
     else:
-        x_hat, _ = codec.decode_container(Container.from_bytes(data))
+        x_hat, _ = codec.decode_container(Container.from_bytes(data), max_pixels)
     image = tensor_to_image(x_hat)
     write_png(target, image)
     return DecompressRecord(str(source), str(target), image.shape[0], image.shape[1], time.perf_counter() - start)
 
 
+def refused_by_header(files: Sequence[Path], legacy: bool, max_pixels: int) -> dict[Path, str]:
+    """Files whose header alone claims more than ``max_pixels``, with the reason: found from their first bytes,
+    before any model is loaded. Unreadable headers are left to the full parse, which says what is wrong."""
+    refused: dict[Path, str] = {}
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                size = read_image_size(handle.read(64), legacy)
+            if size is not None:
+                check_pixel_limit(*size, max_pixels)
+        except OSError:
+            continue
+        except DecodeLimitError as exc:
+            refused[path] = str(exc)
+    return refused
+
+
 def write_reports(records: Iterable[CompressRecord | DecompressRecord], folder: Path, stem: str) -> tuple[Path, Path]:
     """``<stem>.csv`` with one row per image and ``<stem>.json`` with means (``avg_bpp`` for compress)."""
+    import pandas as pd  # a second to import: not on the path that refuses a file by its header
+
     table = pd.DataFrame([asdict(r) for r in records])
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     write_atomic(csv_path, table.to_csv(index=False).encode())

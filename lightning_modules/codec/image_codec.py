@@ -29,6 +29,7 @@ from lightning_modules.codec.container import (
     ModelMismatchError,
     read_legacy,
 )
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, AvailableMemory, check_memory, check_pixel_limit
 from lightning_modules.model_file import ModelFile, weights_fingerprint
 from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
 from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
@@ -37,6 +38,9 @@ from lightning_modules.networks.latent_codec import LatentCode
 from lightning_modules.networks.tiling import needs_tiling
 
 CPU = torch.device("cpu")
+DECODE_MEMORY_MARGIN, DECODE_MEMORY_OVERHEAD = 1.2, 64 * 2**20
+"""On top of the estimated peak: allocator fragmentation and library workspaces. With them the estimate is
+1.15–1.7× the measured peak RSS of the tiny and full networks, tiled or not (``benchmarks/decode_memory.py``)."""
 
 
 @dataclass(frozen=True)
@@ -131,20 +135,23 @@ class DCVICCodec:
         )
         return container, code
 
-    def decode_container(self, container: Container) -> tuple[Tensor, Tensor]:
-        """Container → ``(x̂, ŷ)``; refuses a file made with other weights."""
+    def decode_container(self, container: Container, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, Tensor]:
+        """Container → ``(x̂, ŷ)``; refuses a file made with other weights, or one :meth:`check_decodable` refuses."""
         if container.fingerprint != self.fingerprint:
             raise ModelMismatchError(
                 f"this file was made with model {container.fingerprint.hex()}, but the loaded model is "
                 f"{self.fingerprint.hex()}; decode it with the checkpoint that compressed it"
             )
         conditioning = Conditioning(container.quality_index, container.beta_rate, container.beta_vq)
-        return self._decode(container.z_string, container.y_string, container.height, container.width, conditioning)
+        strings = (container.z_string, container.y_string)
+        return self._decode(strings, container.height, container.width, conditioning, max_pixels=max_pixels)
 
-    def decompress(self, data: bytes) -> Tensor:
-        return self.decode_container(Container.from_bytes(data))[0]
+    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+        return self.decode_container(Container.from_bytes(data), max_pixels)[0]
 
-    def decompress_legacy(self, data: bytes, legacy_eb_version: str = "1.2.4") -> tuple[Tensor, Tensor]:
+    def decompress_legacy(
+        self, data: bytes, legacy_eb_version: str = "1.2.4", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[Tensor, Tensor]:
         """An authors' ``.bin`` file (§6.4): betas from this model's quality table, z CDFs of
         ``legacy_eb_version``.
 
@@ -162,20 +169,71 @@ class DCVICCodec:
             eb = self.model.entropy_model_z
         else:
             raise ValueError(f"legacy_eb_version must be '1.2.4' or '1.2.8', got {legacy_eb_version!r}")
-        return self._decode(legacy.z_string, legacy.y_string, legacy.height, legacy.width, conditioning, eb)
+        strings = (legacy.z_string, legacy.y_string)
+        return self._decode(strings, legacy.height, legacy.width, conditioning, eb, max_pixels)
+
+    def check_decodable(
+        self,
+        strings: tuple[bytes, bytes],
+        height: int,
+        width: int,
+        entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        """Refuse, before anything large is allocated: more pixels than ``max_pixels``, z/y strings of a length
+        no encoder can write for this size (:meth:`HyperpriorCharmLatentCodec.string_bounds`), or a decode
+        whose estimated memory (:meth:`decode_bytes`) exceeds what this process can get."""
+        check_pixel_limit(height, width, max_pixels)
+        y_size = self._y_size(height, width)
+        bounds = self.model.latent_codec.string_bounds(y_size, entropy_model_z)
+        for name, string, (fewest, most) in zip("zy", strings, bounds, strict=True):
+            if not fewest <= len(string) <= most or len(string) % 4:
+                raise BitstreamError(
+                    f"corrupt file: the {name} string has {len(string)} bytes, but a {height}x{width} image's has "
+                    f"between {fewest} and {most}, in whole 4-byte words"
+                )
+        decode_bytes = self.decode_bytes(height, width, (len(strings[0]), len(strings[1])))
+        check_memory(decode_bytes, f"this {height}x{width} image")
+        device = model_device(self.model)
+        if device.type == "cuda":
+            free = AvailableMemory(torch.cuda.mem_get_info(device)[0], f"free memory on {device}")
+            tiled = needs_tiling(height, width)
+            check_memory(
+                self.model.synthesis_bytes(16 * y_size[0], 16 * y_size[1], tiled), f"this {height}x{width} image", free
+            )
+
+    def decode_bytes(self, height: int, width: int, string_lengths: tuple[int, int]) -> int:
+        """Estimated peak memory of decoding a ``height × width`` file beyond the loaded model (host memory).
+
+        The largest of three phases: the entropy path (whole ``ŷ`` at once); the synthesis holding ``ŷ``
+        (tiled above 1024 px, like :func:`synthesize`; on a GPU its activations are the GPU's memory); the
+        padded image, its crop and clamp, the uint8 conversion's float maps and the PNG's pixels.
+        """
+        y_size = self._y_size(height, width)
+        padded_pixels = 256 * y_size[0] * y_size[1]
+        entropy = self.model.latent_codec.decode_bytes(y_size, string_lengths)
+        synthesis = 4 * self.model.latent_codec.y_channels * y_size[0] * y_size[1]
+        if model_device(self.model).type == "cpu":
+            synthesis += self.model.synthesis_bytes(16 * y_size[0], 16 * y_size[1], needs_tiling(height, width))
+        output = 12 * padded_pixels + height * width * (4 * 3 * 4 + 3 + 4)
+        return int(DECODE_MEMORY_MARGIN * max(entropy, synthesis, output)) + DECODE_MEMORY_OVERHEAD
+
+    def _y_size(self, height: int, width: int) -> tuple[int, int]:
+        multiple = self.model.pad_multiple
+        return math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16
 
     def _decode(
         self,
-        z_string: bytes,
-        y_string: bytes,
+        strings: tuple[bytes, bytes],
         height: int,
         width: int,
         conditioning: Conditioning,
         entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> tuple[Tensor, Tensor]:
-        multiple = self.model.pad_multiple
-        y_size = (math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16)
-        _, y_hat = self.model.latent_codec.decompress((z_string, y_string), y_size, entropy_model_z)
+        self.check_decodable(strings, height, width, entropy_model_z, max_pixels)
+        y_size = self._y_size(height, width)
+        _, y_hat = self.model.latent_codec.decompress(strings, y_size, entropy_model_z)
         if not bool(torch.isfinite(y_hat).all()):
             raise BitstreamError("the latents decode to non-finite values: the file is corrupt")
         x_hat = synthesize(self.model, y_hat, height, width, conditioning)

@@ -206,6 +206,50 @@ class DCVIC(nn.Module):
 
         return SynthesisOutput(*tiled_apply(y_hat, decode_tile, Y_TILE, Y_STRIDE))
 
+    def synthesis_bytes(self, height: int, width: int, tiled: bool) -> int:
+        """Peak memory of decoding a padded ``height × width`` image beyond the weights (float32, eval mode).
+
+        Over one 512² tile for :meth:`tiled_synthesis` (which also allocates the stitched full-size image,
+        code logits, latent and indices), or the whole image for :meth:`synthesis`: the larger of the
+        convolution phase (:meth:`_synthesis_floats_per_pixel`) and the VQGAN decoder's global self-attention,
+        whose ``T × T`` weights (``T`` = tokens at its level) exist twice at once (product, softmax).
+        """
+        region = min(height, Y_TILE * 16) * min(width, Y_TILE * 16) if tiled else height * width
+        persistent = self._persistent_floats_per_pixel()
+        convolutions = region * (self._synthesis_floats_per_pixel() + persistent)
+        decoder = self.vq_model.decoder
+        attention_levels = [decoder.num_resolutions - 1] + [i for i, up in enumerate(decoder.up) if len(up.attn)]
+        tokens = region // 4 ** min(attention_levels)
+        attention = 2 * tokens**2 + region * persistent
+        stitched = 3 + (self.vq_model.embed_dim + self.vq_model.n_embed + 2) / 64  # int64 indices = 2 floats
+        return int(4 * (max(convolutions, attention) + (height * width * stitched if tiled else 0)))
+
+    def _synthesis_floats_per_pixel(self) -> float:
+        """Most float32 values alive at once per output pixel in the convolutions (level ``l`` at scale 2^-l).
+
+        The VQGAN decoder: at each level a residual block's input, norm, swish and conv maps (5) next to the
+        map upsampled from the level below and its source, or the SFT fusion there (concatenation, input,
+        block, scale and shift). The ELIC decoder: its maps at 1/2 and the column buffer of its transposed
+        convolutions. The VQ estimator at 1/8.
+        """
+        channels = [self.vq_model.ch * m for m in self.vq_model.ch_mult]
+        fused = {level: self.fusion_module.fusion_modules[key] for level, key in VqDecoderFusion.level_keys.items()}
+        peak = 0.0
+        for level, ch in enumerate(channels):
+            below = channels[level + 1] if level + 1 < len(channels) else 0
+            maps = 5 * ch + 1.25 * below
+            if level in fused:
+                block = fused[level].fuse_block
+                maps = max(maps, block.norm1.num_channels + 3 * ch + 3 * block.conv1.out_channels)
+            peak = max(peak, maps / 4**level)
+        main_ch = self.decoder.conv1.out_channels
+        estimator = self.vq_estimator.embed_projection.in_channels
+        return max(peak, 3 * main_ch, (4 * estimator + 2 * self.vq_model.n_embed) / 64)
+
+    def _persistent_floats_per_pixel(self) -> float:
+        """The ELIC decoder's features kept for the SFT fusion (1/2, 1/4, 1/8) and the output image."""
+        return self.decoder.conv1.out_channels * (1 / 4 + 1 / 16 + 1 / 64) + 3
+
     # --- full model ---
 
     def forward(
