@@ -6,6 +6,8 @@
 
 Every failure prints one ``dcvic: …`` line on stderr; the exit status is 0 when everything succeeded, 1 when
 some input failed (the others are still processed) and 2 when nothing could start (bad arguments, model).
+torch and compressai (seconds to import) are imported only once a model is needed, so a file whose header
+claims more than ``--max-pixels`` is refused at once.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from lightning_modules.codec.files import (
     collect_inputs,
     compress_file,
     decompress_file,
+    refused_by_header,
     write_reports,
 )
 from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS
 from lightning_modules.images import IMAGE_SUFFIXES, failure_line
 from lightning_modules.model_file import load_model_file
 
@@ -62,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="1.2.4",
         help="compressai version that wrote the legacy z stream (the authors used 1.2.4)",
     )
+    decompress.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse files whose header claims more pixels (default {DEFAULT_MAX_PIXELS:,}, what Pillow and so "
+        "`dcvic compress` accept)",
+    )
     return parser
 
 
@@ -73,6 +84,9 @@ def _add_common(parser: argparse.ArgumentParser, inputs_help: str) -> None:
 
 
 def load_codec(checkpoint: str, device: str) -> DCVICCodec:
+
+    from lightning_modules.codec.image_codec import DCVICCodec
+
     try:
         model_file = load_model_file(checkpoint)
         model = model_file.build_model().to(torch.device(device))
@@ -134,20 +148,28 @@ def run_compress(args: argparse.Namespace) -> int:
 def run_decompress(args: argparse.Namespace) -> int:
     suffix = LEGACY_SUFFIX if args.legacy else CONTAINER_SUFFIX
     inputs = find_inputs(args.inputs, (suffix,))
+    refused = refused_by_header(inputs.files, args.legacy, args.max_pixels)  # before the model: a bomb costs nothing
+    for path, reason in refused.items():
+        print(f"dcvic: {path}: {reason}", file=sys.stderr)
+    inputs = Inputs([f for f in inputs.files if f not in refused], inputs.skipped)
+    if not inputs.files:
+        return EXIT_SOME_FAILED
     codec = load_codec(args.checkpoint, args.device)
     out = Path(args.output)
     report_skipped(inputs.skipped, f"a {suffix}")
     records, failures = _for_each(
         "decompress",
         inputs.files,
-        lambda f: decompress_file(codec, f, out / f"{f.stem}.png", args.legacy, args.legacy_eb_version),
+        lambda f: decompress_file(
+            codec, f, out / f"{f.stem}.png", args.legacy, args.legacy_eb_version, args.max_pixels
+        ),
     )
     report = ""
     if records:
         csv_path, _ = write_reports(records, out, DECOMPRESS_REPORT)
         report = f" into {out}; times in {csv_path}"
     print(f"decoded {len(records)} file(s){report}{skipped_note(len(inputs.skipped), failures, f'a {suffix}')}")
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    return EXIT_SOME_FAILED if failures or refused else EXIT_OK
 
 
 def _for_each(name: str, files: Sequence[Path], work: Callable[[Path], object]) -> tuple[list, int]:

@@ -17,18 +17,17 @@ from lightning_modules.codec.container import (
     BitstreamError,
     Container,
     ModelMismatchError,
-    entropy_bottleneck_124,
     write_legacy,
 )
 from lightning_modules.codec.image_codec import (
     DCVICCodec,
-    decode_latents,
     resolve_conditioning,
 )
 from lightning_modules.images import image_to_tensor, tensor_to_image
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
 from lightning_modules.networks.conditioning import PAPER_BETA_RANGE
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
+from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model, write_model_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,9 +184,9 @@ def test_y_hat_is_bit_identical_across_processes_and_thread_counts(tmp_path: Pat
     assert encoded.numpy().tobytes() == decoded.numpy().tobytes()
 
 
-def test_decode_latents_accepts_strings_that_are_too_short(codec: DCVICCodec) -> None:
+def test_latent_decoder_accepts_strings_that_are_too_short(codec: DCVICCodec) -> None:
     """An empty or truncated rANS string must not read outside its buffer; it decodes to something finite."""
-    _, y_hat = decode_latents(codec.model, b"", b"\x01", (4, 4))
+    _, y_hat = codec.model.latent_codec.decompress((b"", b"\x01"), (4, 4))
     assert y_hat.shape == (1, 64, 4, 4)
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.codec.container import entropy_bottleneck_124, read_legacy, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, decode_latents, encode_latents
+from lightning_modules.codec.container import read_legacy, write_legacy
+from lightning_modules.codec.image_codec import DCVICCodec
 from lightning_modules.images import tensor_to_image
+from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from tests.conftest import load_vector
 
 
@@ -51,7 +52,7 @@ def test_every_compress_entry_is_byte_exact(golden_codec: DCVICCodec, golden: Pa
     assert golden_index["compress"], "the golden index lists no compress entries"
     for entry in golden_index["compress"]:
         files, forward = entry["files"], case_files(golden_index, entry)
-        code = encode_latents(golden_codec.model, tensor(golden, forward, "y"))
+        code = golden_codec.model.latent_codec.compress(tensor(golden, forward, "y"))
         name = f"{entry['input']} q{entry['quality_index']}"
         assert code.z_string == array(golden, files, "z_bytes").tobytes(), name
         assert code.y_string == array(golden, files, "y_bytes").tobytes(), name
@@ -71,9 +72,9 @@ def test_authors_container_decodes_to_the_compress_side_latents(
         legacy = read_legacy(container)
         height, width = array(golden, forward, "input_u8").shape[:2]
         assert (legacy.height, legacy.width, legacy.quality_index) == (height, width, entry["quality_index"])
-        code = encode_latents(golden_codec.model, tensor(golden, forward, "y"))
+        code = golden_codec.model.latent_codec.compress(tensor(golden, forward, "y"))
         y_size = tuple(code.y_hat.shape[-2:])
-        z_hat, y_hat = decode_latents(golden_codec.model, legacy.z_string, legacy.y_string, y_size)
+        z_hat, y_hat = golden_codec.model.latent_codec.decompress((legacy.z_string, legacy.y_string), y_size)
         assert torch.equal(z_hat, tensor(golden, files, "z_hat"))
         assert torch.equal(y_hat, code.y_hat)
         assert write_legacy(height, width, int(code.y_hat.abs().max()), entry["quality_index"],

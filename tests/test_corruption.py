@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from lightning_modules.codec.container import BitstreamError, read_legacy, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, decode_latents, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
 from lightning_modules.images import image_to_tensor
 from lightning_modules.model_file import load_model_file
 from tests.support.codec_models import photo, write_model_file
@@ -119,7 +119,7 @@ def fuzz_legacy_streams(model_path: str, count: int, seed: int) -> dict[str, int
 
     def decode(data: bytes) -> torch.Tensor:
         legacy = read_legacy(data)
-        return decode_latents(codec.model, legacy.z_string, legacy.y_string, (4, 4))[1]
+        return codec.model.latent_codec.decompress((legacy.z_string, legacy.y_string), (4, 4)).y_hat
 
     for _ in range(count):
         if rng.random() < 0.1:

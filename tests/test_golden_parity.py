@@ -117,7 +117,7 @@ def check_stages(model, case: Case) -> None:
     z_hat, _ = model.entropy_model_z(case["z"], training=False)
     assert_equal(z_hat, case["z_hat"], "z_hat")
 
-    ctx, _, _ = model.context(case["y"], model.hyperdecoder(case["z_hat"]), training=False)
+    ctx, _, _ = model.latent_codec.context(case["y"], model.hyperdecoder(case["z_hat"]), training=False)
     assert_close(ctx.y_hat, case["y_hat"], Y_HAT_ATOL, "y_hat")  # one flipped symbol would move it by ~1
 
     features = model.decoder(case["y_hat"], case.beta_rate, case.beta_vq)
@@ -193,7 +193,7 @@ def test_debug_entropy_parameters(golden_model, golden, golden_index):
     case = Case(golden, golden_index, "astro_c256", "q0")
     with torch.no_grad():
         hyper_out = golden_model.hyperdecoder(case["z_hat"])
-        ctx, y_likelihood, _ = golden_model.context(case["y"], hyper_out, training=False)
+        ctx, y_likelihood, _ = golden_model.latent_codec.context(case["y"], hyper_out, training=False)
     debug = {k: torch.from_numpy(load_vector(golden, v)) for k, v in files.items()}
     assert_close(hyper_out, debug["hyper_out"], FLOAT_ATOL, "hyper_out")
     assert_close(ctx.means, debug["y_mu"], FLOAT_ATOL, "μ")

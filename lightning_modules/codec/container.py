@@ -1,4 +1,4 @@
-"""The ``.dcvic`` file format, the authors' legacy ``.bin`` layout, and compressai-1.2.4 z tables.
+"""The ``.dcvic`` file format and the authors' legacy ``.bin`` layout.
 
 ``.dcvic`` (format version 1), all integers big-endian::
 
@@ -21,14 +21,10 @@ legacy layout (design §6.4) has a 6-byte native-endian header and no identity; 
 
 from __future__ import annotations
 
-import copy
 import math
 import struct
 import zlib
 from dataclasses import dataclass
-
-import torch
-from compressai.entropy_models import EntropyBottleneck
 
 MAGIC = b"DCVC"
 FORMAT_VERSION = 1
@@ -116,18 +112,32 @@ def _read_prefixed(data: bytes, offset: int, name: str) -> tuple[bytes, int]:
     return data[start : start + length], start + length
 
 
+def read_image_size(data: bytes, legacy: bool = False) -> tuple[int, int] | None:
+    """``(height, width)`` from the header alone, unverified; ``None`` where the header is unreadable.
+
+    Lets the ``dcvic`` command refuse a decompression bomb before it loads torch and a model (this module
+    imports nothing heavy at import time); the full parse still checks everything.
+    """
+    if legacy:
+        if (
+            len(data) < _LEGACY_LENGTH.size + _LEGACY_HEADER.size
+            or _LEGACY_LENGTH.unpack_from(data)[0] != _LEGACY_HEADER.size
+        ):
+            return None
+        return _LEGACY_HEADER.unpack_from(data, _LEGACY_LENGTH.size)[:2]
+    if len(data) < _HEADER.size or data[: len(MAGIC)] != MAGIC or data[len(MAGIC)] != FORMAT_VERSION:
+        return None
+    return _HEADER.unpack_from(data)[3:5]
+
+
 def _check_header(height: int, width: int, beta_rate: float, beta_vq: float) -> None:
+    # imported here, not at the top: the container stays torch-free (see read_image_size)
+
     if not (height and width) or height * width > MAX_PIXELS:
         raise BitstreamError(f"corrupt header: image size {height}x{width}")
     for name, value in (("beta_rate", beta_rate), ("beta_vq", beta_vq)):  # the model checks its own upper bounds
         if not (math.isfinite(value) and value >= 0):
             raise BitstreamError(f"corrupt header: {name} = {value}")
-
-
-def guard_stream(string: bytes, num_symbols: int) -> bytes:
-    """Zero padding after a rANS string: compressai's C++ decoder does not bounds-check its reads, so a
-    truncated or forged string would otherwise read past the buffer. A valid string never reaches it."""
-    return string + bytes(4 * num_symbols + 64)
 
 
 # --- the authors' format (design §6.4) ---
@@ -176,26 +186,3 @@ def write_legacy(height: int, width: int, max_abs_y_hat: int, quality_index: int
     """The authors' layout, for interoperability tests and for feeding the reference decoder."""
     header = _LEGACY_HEADER.pack(height, width, min(max_abs_y_hat, 255), quality_index)
     return b"".join(_LEGACY_LENGTH.pack(len(s)) + s for s in (header, z, y))
-
-
-def entropy_bottleneck_124(entropy_model_z: EntropyBottleneck) -> EntropyBottleneck:
-    """A copy whose CDFs are built with compressai 1.2.4's pmf formula (the authors' environment).
-
-    1.2.4 evaluated the pmf as ``|σ(s·u) − σ(s·ℓ)|`` with ``s = −sign(u + ℓ)``; 1.2.8 uses
-    ``σ(u) − σ(ℓ)``. The two differ by float rounding in the tails, which moves a few quantised CDF
-    entries and so changes z streams. Offsets, lengths and tail masses are the same.
-    """
-    eb = copy.deepcopy(entropy_model_z)
-    eb.update(force=True)
-    medians = eb.quantiles[:, 0, 1]
-    pmf_length = eb._cdf_length - 2
-    max_length = int(pmf_length.max())
-    samples = torch.arange(max_length, device=medians.device)[None, :] + (medians + eb._offset)[:, None, None]
-    with torch.no_grad():
-        lower = eb._logits_cumulative(samples - 0.5, stop_gradient=True)
-        upper = eb._logits_cumulative(samples + 0.5, stop_gradient=True)
-        sign = -torch.sign(lower + upper)
-        pmf = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))[:, 0, :]
-        tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
-        eb._quantized_cdf = eb._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
-    return eb

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lightning_modules.codec.container import Container
+from lightning_modules.codec.container import Container, read_image_size
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, DecodeLimitError, check_pixel_limit
 from lightning_modules.images import image_to_tensor, read_rgb, save_png, split_folder, tensor_to_image, write_atomic
 
 CONTAINER_SUFFIX = ".dcvic"
@@ -119,7 +120,12 @@ class DecompressRecord:
 
 
 def decompress_file(
-    codec: DCVICCodec, source: Path, target: Path, legacy: bool = False, legacy_eb_version: str = "1.2.4"
+    codec: DCVICCodec,
+    source: Path,
+    target: Path,
+    legacy: bool = False,
+    legacy_eb_version: str = "1.2.4",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DecompressRecord:
     try:
         data = source.read_bytes()
@@ -127,12 +133,29 @@ def decompress_file(
         raise InputError(f"{source}: cannot read ({exc.strerror})") from exc
     start = time.perf_counter()
     if legacy:
-        x_hat, _ = codec.decompress_legacy(data, legacy_eb_version)
+        x_hat, _ = codec.decompress_legacy(data, legacy_eb_version, max_pixels)
     else:
-        x_hat, _ = codec.decode_container(Container.from_bytes(data))
+        x_hat, _ = codec.decode_container(Container.from_bytes(data), max_pixels)
     image = tensor_to_image(x_hat)
     save_png(target, image)
     return DecompressRecord(str(source), str(target), image.shape[0], image.shape[1], time.perf_counter() - start)
+
+
+def refused_by_header(files: Sequence[Path], legacy: bool, max_pixels: int) -> dict[Path, str]:
+    """Files whose header alone claims more than ``max_pixels``, with the reason: found from their first bytes,
+    before any model is loaded. Unreadable headers are left to the full parse, which says what is wrong."""
+    refused: dict[Path, str] = {}
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                size = read_image_size(handle.read(64), legacy)
+            if size is not None:
+                check_pixel_limit(*size, max_pixels)
+        except OSError:
+            continue
+        except DecodeLimitError as exc:
+            refused[path] = str(exc)
+    return refused
 
 
 def write_reports(records: Iterable[CompressRecord | DecompressRecord], folder: Path, stem: str) -> tuple[Path, Path]:

@@ -1,32 +1,25 @@
-"""Real compression with a :class:`DCVIC` model: rANS bitstreams for ``z`` and ``y`` (design §6.1–6.6).
+"""Real compression with a :class:`DCVIC` model: images ↔ :class:`Container` bytes (design §6.1–6.6).
 
 ::
 
-    compress                                   decompress
+    compress                                                   decompress
     x ─pad 64─ VQGAN (tiled >1024) ─ encoder (tiled >1344) ─ y
-    y ─hyperencoder─ z ─EB─ z_string ───────── z_string ─EB─ ẑ
-                      ẑ ─hyperdecoder─ hyper_out           ẑ ─hyperdecoder─ hyper_out
-       ChARM.run(quantize = round)  ─ y_string ─ ChARM.run(quantize = rANS decode slice k)
-                                               ŷ ─synthesis (tiled >1024)─ crop ─ clamp ─ x̂
+    y ─model.latent_codec.compress─ (z_string, y_string) ─ model.latent_codec.decompress─ ŷ
+                                                             ŷ ─synthesis (tiled >1024)─ crop ─ clamp ─ x̂
 
-Everything between ``y`` and ``ŷ`` (hyperdecoder, ChARM, entropy models) runs on the CPU in float32 with one
-thread on *both* sides: that makes the entropy parameters bit-identical across machines' thread counts, and
-so decompress rebuilds exactly the ``ŷ`` compress used. The ``y`` symbols of all slices are coded in one
-channel-major string, like the reference, and decoded slice by slice from one :class:`RansDecoder`.
+This module owns the image side (padding, tiling, the container and its identity checks). The entropy path
+(:mod:`lightning_modules.networks.latent_codec`) runs on the CPU in float32 with one thread on *both* sides, so
+decompress rebuilds exactly the ``ŷ`` compress used, on any machine.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressai.ans import RansDecoder
 from compressai.entropy_models import EntropyBottleneck
-from compressai.models.google import get_scale_table
 from torch import Tensor
 
 from lightning_modules.codec.container import (
@@ -34,16 +27,20 @@ from lightning_modules.codec.container import (
     BitstreamError,
     Container,
     ModelMismatchError,
-    entropy_bottleneck_124,
-    guard_stream,
     read_legacy,
 )
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, AvailableMemory, check_memory, check_pixel_limit
 from lightning_modules.model_file import ModelFile, QualityTable, weights_fingerprint
 from lightning_modules.networks.conditioning import BetaRange
 from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
+from lightning_modules.networks.entropy_models import entropy_bottleneck_124
+from lightning_modules.networks.latent_codec import LatentCode
 from lightning_modules.networks.tiling import needs_tiling
 
 CPU = torch.device("cpu")
+DECODE_MEMORY_MARGIN, DECODE_MEMORY_OVERHEAD = 1.2, 64 * 2**20
+"""On top of the estimated peak: allocator fragmentation and library workspaces. With them the estimate is
+1.15–1.7× the measured peak RSS of the tiny and full networks, tiled or not (``benchmarks/decode_memory.py``)."""
 
 
 @dataclass(frozen=True)
@@ -86,95 +83,15 @@ def resolve_conditioning(
     return Conditioning(None, float(np.float32(beta_rate)), float(np.float32(beta_vq)))
 
 
-@contextmanager
-def entropy_parameter_context() -> Iterator[None]:
-    """One CPU thread and no autograd: the same float32 results on every machine and thread setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def prepare_for_coding(model: DCVIC) -> DCVIC:
-    """``codec_setup`` (§6.1): rebuild the CDF tables and put the entropy-parameter path on the CPU."""
+    """``codec_setup`` (§6.1): eval mode, the entropy path on the CPU with freshly built CDF tables."""
     model.eval()
-    for module in (model.hyperdecoder, model.context_model, model.entropy_model_z, model.entropy_model_y):
-        module.to(CPU, torch.float32)
-    model.entropy_model_z.update(force=True)
-    model.entropy_model_y.update_scale_table(get_scale_table(), force=True)
+    model.latent_codec.prepare_for_coding(CPU)
     return model
 
 
 def model_device(model: DCVIC) -> torch.device:
     return next(model.encoder.parameters()).device
-
-
-@dataclass
-class LatentCode:
-    """The two rANS strings and what compress learned on the way (ŷ, estimated bits)."""
-
-    z_string: bytes
-    y_string: bytes
-    z_hat: Tensor
-    y_hat: Tensor
-    estimated_z_bits: float
-    estimated_y_bits: float
-
-
-def encode_latents(model: DCVIC, y: Tensor) -> LatentCode:
-    """``y`` (1, C, h, w) → z and y strings (§6.3 steps 3–7); ``ŷ`` is what the decoder will rebuild."""
-    if y.shape[0] != 1:
-        raise ValueError(f"the codec codes one image at a time, got a batch of {y.shape[0]}")
-    with torch.inference_mode():
-        z = model.hyperencoder(y).to(CPU, torch.float32)  # (1, 192, h/4, w/4)
-    y = y.to(CPU, torch.float32)
-    gaussian = model.entropy_model_y
-    with entropy_parameter_context():
-        z_string = model.entropy_model_z.compress(z)[0]
-        z_hat, z_likelihood = model.entropy_model_z(z, training=False)
-        y_likelihoods: list[Tensor] = []
-
-        def round_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            y_hat_k, likelihood = gaussian(model.context_model.slice_of(y, k), sigma, mu, training=False)
-            y_likelihoods.append(likelihood)
-            return y_hat_k
-
-        ctx = model.context_model.run(model.hyperdecoder(z_hat), round_slice)
-        y_string = gaussian.compress(y, gaussian.build_indexes(ctx.scales), ctx.means)[0]
-    return LatentCode(z_string, y_string, z_hat, ctx.y_hat, _bits(z_likelihood), _bits(torch.cat(y_likelihoods, 1)))
-
-
-def decode_latents(
-    model: DCVIC,
-    z_string: bytes,
-    y_string: bytes,
-    y_size: tuple[int, int],
-    entropy_model_z: EntropyBottleneck | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Strings → ``(ẑ, ŷ)`` on the CPU (§6.5 steps 3–5); ``entropy_model_z`` overrides the z tables."""
-    eb = entropy_model_z or model.entropy_model_z
-    gaussian = model.entropy_model_y
-    cdfs = gaussian._quantized_cdf.tolist()
-    cdf_lengths = gaussian._cdf_length.reshape(-1).int().tolist()
-    offsets = gaussian._offset.reshape(-1).int().tolist()
-    decoder = RansDecoder()
-    with entropy_parameter_context():
-        z_hat = eb.decompress([guard_stream(z_string, _symbols(eb, y_size))], (y_size[0] // 4, y_size[1] // 4))
-        hyper_out = model.hyperdecoder(z_hat)
-        decoder.set_stream(guard_stream(y_string, _num_y_symbols(model, y_size)))
-
-        def decode_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            indexes = gaussian.build_indexes(sigma).reshape(-1).tolist()
-            symbols = decoder.decode_stream(indexes, cdfs, cdf_lengths, offsets)
-            return gaussian.dequantize(torch.tensor(symbols, dtype=torch.int32).reshape(mu.shape), mu)
-
-        y_hat = model.context_model.run(hyper_out, decode_slice).y_hat
-    if not bool(torch.isfinite(y_hat).all()):
-        raise BitstreamError("the latents decode to non-finite values: the file is corrupt")
-    return z_hat, y_hat
 
 
 def synthesize(model: DCVIC, y_hat: Tensor, height: int, width: int, conditioning: Conditioning) -> Tensor:
@@ -216,7 +133,7 @@ class DCVICCodec:
     def compress(self, x: Tensor, conditioning: Conditioning) -> tuple[Container, LatentCode]:
         self.beta_range.check(conditioning.beta_rate, conditioning.beta_vq)
         height, width = x.shape[-2:]
-        code = encode_latents(self.model, analyse(self.model, x, conditioning))
+        code = self.model.latent_codec.compress(analyse(self.model, x, conditioning))
         container = Container(
             fingerprint=self.fingerprint,
             height=height,
@@ -229,8 +146,8 @@ class DCVICCodec:
         )
         return container, code
 
-    def decode_container(self, container: Container) -> tuple[Tensor, Tensor]:
-        """Container → ``(x̂, ŷ)``; refuses a file made with other weights."""
+    def decode_container(self, container: Container, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, Tensor]:
+        """Container → ``(x̂, ŷ)``; refuses a file made with other weights, or one :meth:`check_decodable` refuses."""
         if container.fingerprint != self.fingerprint:
             raise ModelMismatchError(
                 f"this file was made with model {container.fingerprint.hex()}, but the loaded model is "
@@ -242,12 +159,15 @@ class DCVICCodec:
                 f"[0, {self.beta_range.rate_max}]×[0, {self.beta_range.vq_max}]"
             )
         conditioning = Conditioning(container.quality_index, container.beta_rate, container.beta_vq)
-        return self._decode(container.z_string, container.y_string, container.height, container.width, conditioning)
+        strings = (container.z_string, container.y_string)
+        return self._decode(strings, container.height, container.width, conditioning, max_pixels=max_pixels)
 
-    def decompress(self, data: bytes) -> Tensor:
-        return self.decode_container(Container.from_bytes(data))[0]
+    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+        return self.decode_container(Container.from_bytes(data), max_pixels)[0]
 
-    def decompress_legacy(self, data: bytes, legacy_eb_version: str = "1.2.4") -> tuple[Tensor, Tensor]:
+    def decompress_legacy(
+        self, data: bytes, legacy_eb_version: str = "1.2.4", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[Tensor, Tensor]:
         """An authors' ``.bin`` file (§6.4): betas from this model's quality table, z CDFs of
         ``legacy_eb_version``.
 
@@ -267,33 +187,74 @@ class DCVICCodec:
             eb = self.model.entropy_model_z
         else:
             raise ValueError(f"legacy_eb_version must be '1.2.4' or '1.2.8', got {legacy_eb_version!r}")
-        return self._decode(legacy.z_string, legacy.y_string, legacy.height, legacy.width, conditioning, eb)
+        strings = (legacy.z_string, legacy.y_string)
+        return self._decode(strings, legacy.height, legacy.width, conditioning, eb, max_pixels)
+
+    def check_decodable(
+        self,
+        strings: tuple[bytes, bytes],
+        height: int,
+        width: int,
+        entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        """Refuse, before anything large is allocated: more pixels than ``max_pixels``, z/y strings of a length
+        no encoder can write for this size (:meth:`HyperpriorCharmLatentCodec.string_bounds`), or a decode
+        whose estimated memory (:meth:`decode_bytes`) exceeds what this process can get."""
+        check_pixel_limit(height, width, max_pixels)
+        y_size = self._y_size(height, width)
+        bounds = self.model.latent_codec.string_bounds(y_size, entropy_model_z)
+        for name, string, (fewest, most) in zip("zy", strings, bounds, strict=True):
+            if not fewest <= len(string) <= most or len(string) % 4:
+                raise BitstreamError(
+                    f"corrupt file: the {name} string has {len(string)} bytes, but a {height}x{width} image's has "
+                    f"between {fewest} and {most}, in whole 4-byte words"
+                )
+        decode_bytes = self.decode_bytes(height, width, (len(strings[0]), len(strings[1])))
+        check_memory(decode_bytes, f"this {height}x{width} image")
+        device = model_device(self.model)
+        if device.type == "cuda":
+            free = AvailableMemory(torch.cuda.mem_get_info(device)[0], f"free memory on {device}")
+            tiled = needs_tiling(height, width)
+            check_memory(
+                self.model.synthesis_bytes(16 * y_size[0], 16 * y_size[1], tiled), f"this {height}x{width} image", free
+            )
+
+    def decode_bytes(self, height: int, width: int, string_lengths: tuple[int, int]) -> int:
+        """Estimated peak memory of decoding a ``height × width`` file beyond the loaded model (host memory).
+
+        The largest of three phases: the entropy path (whole ``ŷ`` at once); the synthesis holding ``ŷ``
+        (tiled above 1024 px, like :func:`synthesize`; on a GPU its activations are the GPU's memory); the
+        padded image, its crop and clamp, the uint8 conversion's float maps and the PNG's pixels.
+        """
+        y_size = self._y_size(height, width)
+        padded_pixels = 256 * y_size[0] * y_size[1]
+        entropy = self.model.latent_codec.decode_bytes(y_size, string_lengths)
+        synthesis = 4 * self.model.latent_codec.y_channels * y_size[0] * y_size[1]
+        if model_device(self.model).type == "cpu":
+            synthesis += self.model.synthesis_bytes(16 * y_size[0], 16 * y_size[1], needs_tiling(height, width))
+        output = 12 * padded_pixels + height * width * (4 * 3 * 4 + 3 + 4)
+        return int(DECODE_MEMORY_MARGIN * max(entropy, synthesis, output)) + DECODE_MEMORY_OVERHEAD
+
+    def _y_size(self, height: int, width: int) -> tuple[int, int]:
+        multiple = self.model.pad_multiple
+        return math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16
 
     def _decode(
         self,
-        z_string: bytes,
-        y_string: bytes,
+        strings: tuple[bytes, bytes],
         height: int,
         width: int,
         conditioning: Conditioning,
         entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> tuple[Tensor, Tensor]:
-        multiple = self.model.pad_multiple
-        y_size = (math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16)
-        _, y_hat = decode_latents(self.model, z_string, y_string, y_size, entropy_model_z)
+        self.check_decodable(strings, height, width, entropy_model_z, max_pixels)
+        y_size = self._y_size(height, width)
+        _, y_hat = self.model.latent_codec.decompress(strings, y_size, entropy_model_z)
+        if not bool(torch.isfinite(y_hat).all()):
+            raise BitstreamError("the latents decode to non-finite values: the file is corrupt")
         x_hat = synthesize(self.model, y_hat, height, width, conditioning)
         if not bool(torch.isfinite(x_hat).all()):
             raise BitstreamError("the image decodes to non-finite values: the file is corrupt")
         return x_hat, y_hat
-
-
-def _bits(likelihood: Tensor) -> float:
-    return float(torch.log2(likelihood).sum().neg())
-
-
-def _symbols(eb: EntropyBottleneck, y_size: tuple[int, int]) -> int:
-    return eb._quantized_cdf.shape[0] * (y_size[0] // 4) * (y_size[1] // 4)
-
-
-def _num_y_symbols(model: DCVIC, y_size: tuple[int, int]) -> int:
-    return model.context_model.num_slices * model.context_model.slice_ch * y_size[0] * y_size[1]

@@ -9,7 +9,8 @@
     t ─VQ estimator─> ê, logits ─argmax─> î ─codebook─post_quant_conv─> q
     q ─VQGAN decoder ⊕ SFT(F_8, F_4, F_2)─> x̂
 
-In eval mode the image is reflect-padded (bottom/right) to a multiple of 64 and the output cropped and
+The ``y → ŷ`` line is :attr:`DCVIC.latent_codec` (:mod:`.latent_codec`), which also writes and reads the
+rANS strings. In eval mode the image is reflect-padded (bottom/right) to a multiple of 64 and the output cropped and
 clamped; rates are divided by the *unpadded* pixel count.
 """
 
@@ -23,11 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conditioning import PAPER_BETA_RANGE, BetaLike, BetaRange
-from .context_model import ChannelContextModel, ContextOutput
+from .context_model import ChannelContextModel
 from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
 from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
 from .fusion import VqDecoderFusion
 from .hyperprior import HyperDecoder, HyperEncoder
+from .latent_codec import EntropyOutput, HyperpriorCharmLatentCodec
 from .tiling import (
     ANALYSIS_STRIDE,
     ANALYSIS_TILE,
@@ -58,20 +60,6 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
         return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
-@dataclass
-class EntropyOutput:
-    """Hyperprior + ChARM results; ``likelihoods`` are noisy in training, ``q_likelihoods`` always quantised."""
-
-    z: Tensor
-    z_hat: Tensor
-    y_hat: Tensor
-    hyper_out: Tensor
-    means: Tensor
-    scales: Tensor
-    likelihoods: dict[str, Tensor]
-    q_likelihoods: dict[str, Tensor]
 
 
 @dataclass
@@ -117,6 +105,8 @@ class DCVICOutput:
 class DCVIC(nn.Module):
     """Dual-conditioned VQGAN-based image codec (or the stage-1_1 unconditioned variant)."""
 
+    latent_codec: HyperpriorCharmLatentCodec
+
     def __init__(
         self,
         encoder: ElicVqEncoder,
@@ -145,6 +135,10 @@ class DCVIC(nn.Module):
         self.vq_model = vq_model
         self.fusion_module = fusion_module
         self.pad_multiple = pad_multiple
+        # The entropy path as one object over the same five modules. Not registered as a child, so the
+        # state-dict keys stay ``hyperencoder.*``, ``entropy_model_z.*``, … (converted and released files).
+        codec = HyperpriorCharmLatentCodec(hyperencoder, hyperdecoder, context_model, entropy_model_z, entropy_model_y)
+        object.__setattr__(self, "latent_codec", codec)
 
     @property
     def dual_conditioned(self) -> bool:
@@ -200,45 +194,6 @@ class DCVIC(nn.Module):
         (y,) = tiled_apply(x, encode_tile, tile, stride, side_inputs=(features,))
         return y
 
-    def entropy(self, y: Tensor, training: bool | None = None) -> EntropyOutput:
-        training = self.training if training is None else training
-        z = self.hyperencoder(y)
-        z_hat, z_likelihood = self.entropy_model_z(z, training=training)
-        z_q_likelihood = z_likelihood
-        if training:
-            with torch.no_grad():
-                _, z_q_likelihood = self.entropy_model_z(z, training=False)
-        hyper_out = self.hyperdecoder(z_hat)
-        ctx, y_likelihood, y_q_likelihood = self.context(y, hyper_out, training)
-        return EntropyOutput(
-            z=z,
-            z_hat=z_hat,
-            y_hat=ctx.y_hat,
-            hyper_out=hyper_out,
-            means=ctx.means,
-            scales=ctx.scales,
-            likelihoods={"y": y_likelihood, "z": z_likelihood},
-            q_likelihoods={"y": y_q_likelihood, "z": z_q_likelihood},
-        )
-
-    def context(self, y: Tensor, hyper_out: Tensor, training: bool) -> tuple[ContextOutput, Tensor, Tensor]:
-        """ChARM over ``y`` given the hyper-synthesis output: ``(ŷ and parameters, L_y, quantised L_y)``."""
-        likelihoods: list[Tensor] = []
-        q_likelihoods: list[Tensor] = []
-
-        def quantize_slice(k: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            y_k = self.context_model.slice_of(y, k)
-            y_hat_k, likelihood = self.entropy_model_y(y_k, sigma, mu, training=training)
-            likelihoods.append(likelihood)
-            if training:
-                with torch.no_grad():
-                    likelihood = self.entropy_model_y.quantized_likelihood(y_k, sigma, mu)
-            q_likelihoods.append(likelihood)
-            return y_hat_k
-
-        ctx = self.context_model.run(hyper_out, quantize_slice)
-        return ctx, torch.cat(likelihoods, 1), torch.cat(q_likelihoods, 1)
-
     def synthesis(
         self, y_hat: Tensor, beta_rate: BetaLike | None, beta_vq: BetaLike | None, fusion_w: float = 1.0
     ) -> SynthesisOutput:
@@ -257,6 +212,50 @@ class DCVIC(nn.Module):
             return out.x_hat, out.out_vq_latent, out.vq_logits, out.pred_vq_indices
 
         return SynthesisOutput(*tiled_apply(y_hat, decode_tile, Y_TILE, Y_STRIDE))
+
+    def synthesis_bytes(self, height: int, width: int, tiled: bool) -> int:
+        """Peak memory of decoding a padded ``height × width`` image beyond the weights (float32, eval mode).
+
+        Over one 512² tile for :meth:`tiled_synthesis` (which also allocates the stitched full-size image,
+        code logits, latent and indices), or the whole image for :meth:`synthesis`: the larger of the
+        convolution phase (:meth:`_synthesis_floats_per_pixel`) and the VQGAN decoder's global self-attention,
+        whose ``T × T`` weights (``T`` = tokens at its level) exist twice at once (product, softmax).
+        """
+        region = min(height, Y_TILE * 16) * min(width, Y_TILE * 16) if tiled else height * width
+        persistent = self._persistent_floats_per_pixel()
+        convolutions = region * (self._synthesis_floats_per_pixel() + persistent)
+        decoder = self.vq_model.decoder
+        attention_levels = [decoder.num_resolutions - 1] + [i for i, up in enumerate(decoder.up) if len(up.attn)]
+        tokens = region // 4 ** min(attention_levels)
+        attention = 2 * tokens**2 + region * persistent
+        stitched = 3 + (self.vq_model.embed_dim + self.vq_model.n_embed + 2) / 64  # int64 indices = 2 floats
+        return int(4 * (max(convolutions, attention) + (height * width * stitched if tiled else 0)))
+
+    def _synthesis_floats_per_pixel(self) -> float:
+        """Most float32 values alive at once per output pixel in the convolutions (level ``l`` at scale 2^-l).
+
+        The VQGAN decoder: at each level a residual block's input, norm, swish and conv maps (5) next to the
+        map upsampled from the level below and its source, or the SFT fusion there (concatenation, input,
+        block, scale and shift). The ELIC decoder: its maps at 1/2 and the column buffer of its transposed
+        convolutions. The VQ estimator at 1/8.
+        """
+        channels = [self.vq_model.ch * m for m in self.vq_model.ch_mult]
+        fused = {level: self.fusion_module.fusion_modules[key] for level, key in VqDecoderFusion.level_keys.items()}
+        peak = 0.0
+        for level, ch in enumerate(channels):
+            below = channels[level + 1] if level + 1 < len(channels) else 0
+            maps = 5 * ch + 1.25 * below
+            if level in fused:
+                block = fused[level].fuse_block
+                maps = max(maps, block.norm1.num_channels + 3 * ch + 3 * block.conv1.out_channels)
+            peak = max(peak, maps / 4**level)
+        main_ch = self.decoder.conv1.out_channels
+        estimator = self.vq_estimator.embed_projection.in_channels
+        return max(peak, 3 * main_ch, (4 * estimator + 2 * self.vq_model.n_embed) / 64)
+
+    def _persistent_floats_per_pixel(self) -> float:
+        """The ELIC decoder's features kept for the SFT fusion (1/2, 1/4, 1/8) and the output image."""
+        return self.decoder.conv1.out_channels * (1 / 4 + 1 / 16 + 1 / 64) + 3
 
     # --- full model ---
 
@@ -279,7 +278,7 @@ class DCVIC(nn.Module):
         vq = self.vq_encode(x_in, vq_indices)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
             y = self.analysis(x_in, vq, beta_rate, beta_vq)
-            entropy = self.entropy(y, training=training)
+            entropy = self.latent_codec(y, training=training)
         if not training and needs_tiling(*x_in.shape[-2:]):
             synthesis = self.tiled_synthesis(entropy.y_hat, beta_rate, beta_vq)
         else:
@@ -290,6 +289,12 @@ class DCVIC(nn.Module):
         return DCVICOutput(x_hat, y, entropy.y_hat, entropy, vq, synthesis, num_pixels=n * h * w)
 
     # --- weights ---
+
+    def train(self, mode: bool = True) -> DCVIC:
+        """Also the mode flag of :attr:`latent_codec`, which is not a registered child."""
+        super().train(mode)
+        self.latent_codec.training = mode
+        return self
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
         load_entropy_tables(self.entropy_model_z, "entropy_model_z", state_dict)

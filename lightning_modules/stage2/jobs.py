@@ -95,7 +95,7 @@ def average_bpp(model: DCVIC, loader: Iterable[tuple[Tensor, Tensor]], beta_rate
         x_in = pad_to_multiple(x, model.pad_multiple)
         vq = model.vq_encode(x_in, indices)
         y = model.analysis(x_in, vq, beta_rate, beta_vq)
-        q = model.entropy(y, training=False).q_likelihoods
+        q = model.latent_codec(y, training=False).q_likelihoods
         per_batch.append(float((bits(q["y"]) + bits(q["z"])) / (n * h * w)))
     return sum(per_batch) / len(per_batch)
 

@@ -91,7 +91,7 @@ class DCVICSystem(L.LightningModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
             with self._autocast(x.device):
                 y = self.network.analysis(x, vq, beta_rate, beta_vq)
-            entropy = self.network.entropy(y.float(), training=True)
+            entropy = self.network.latent_codec(y.float(), training=True)
         with self._autocast(x.device):
             synthesis = self.network.synthesis(entropy.y_hat, beta_rate, beta_vq)
         return DCVICOutput(synthesis.x_hat.float(), y, entropy.y_hat, entropy, vq, synthesis, num_pixels=n * h * w)
