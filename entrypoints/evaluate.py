@@ -8,7 +8,11 @@ patches (datasets of at least 50 images). Results (design §6.7)::
     <output_dir>/per_image.csv               one row per (setting, image), appended as soon as it is scored
     <output_dir>/summary.csv                 model, quality, bpp, PSNR, FID, LPIPS, DISTS, then extras
     <output_dir>/rd_<metric>.png             our curve over the published DC-VIC and MS-ILLM curves
+    <output_dir>/bd_rate.csv                 BD-rate / BD-metric against them (with ``reference_dataset``)
     <output_dir>/bitstreams/<setting>/*.dcvic, reconstructions/<setting>/*.png
+
+``targets.target_bpps=[0.05,0.1]`` adds points at target rates: each image gets the beta_rate whose real
+file meets the target (``lightning_modules/evaluation/rate_targets.py``).
 
 Re-running with the same ``output_dir`` resumes: scored images are skipped (their PNGs feed FID/KID again).
 """
@@ -40,7 +44,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, image_to_tensor, resolve_conditioning  # noqa: E402
+from lightning_modules.evaluation.bd_rate import (  # noqa: E402
+    BD_RATE_FILE,
+    LOWER_IS_BETTER,
+    bd_table,
+    curves_by_model,
+    format_bd_table,
+    write_bd_table,
+)
 from lightning_modules.evaluation.metrics import MetricSuite, PatchDistributionMetrics, psnr_per_image, to_uint8  # noqa: E402
+from lightning_modules.evaluation.rate_targets import (  # noqa: E402
+    TARGET_SUMMARY_COLUMNS,
+    TargetSetting,
+    compress_setting,
+    target_summary,
+)
 from lightning_modules.model_file import load_model_file  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -59,10 +77,10 @@ EXTRA_COLUMNS = [
     "beta_vq",
     "images",
     "setting",
+    *TARGET_SUMMARY_COLUMNS,
 ]
 PER_IMAGE_METRICS = ["bpp", "estimated_bpp", "PSNR", "PSNR_rounded", "MS-SSIM", "LPIPS", "DISTS"]
 PLOT_METRICS = ["PSNR", "MS-SSIM", "LPIPS", "DISTS", "FID", "KID"]
-LOWER_IS_BETTER = {"LPIPS", "DISTS", "FID", "KID"}
 # Published curves per dataset: our file of DC-VIC's numbers and MS-ILLM's dataset label.
 REFERENCE_DATASETS = {
     "kodak": ("dcvic_kodak.csv", "kodak"),
@@ -114,17 +132,21 @@ class Setting:
 
 
 def make_settings(
-    quality_table: dict[str, list[float]], qualities: Sequence[int], beta_pairs: Sequence[Sequence[float]]
-) -> list[Setting]:
-    """Quality indices of the model's table, then explicit (beta_rate, beta_vq) pairs."""
+    quality_table: dict[str, list[float]],
+    qualities: Sequence[int],
+    beta_pairs: Sequence[Sequence[float]],
+    targets: Sequence[TargetSetting] = (),
+) -> list[Setting | TargetSetting]:
+    """Quality indices of the model's table, then explicit (beta_rate, beta_vq) pairs, then target rates."""
     settings = [Setting(f"q{q}", resolve_conditioning(quality_table, quality=int(q))) for q in qualities]
     for pair in beta_pairs:
         if len(pair) != 2:
             raise ValueError(f"a beta pair is [beta_rate, beta_vq], got {list(pair)}")
         conditioning = resolve_conditioning(quality_table, beta_rate=float(pair[0]), beta_vq=float(pair[1]))
         settings.append(Setting(f"br{pair[0]:.3f}_bv{pair[1]:.3f}", conditioning))
+    settings.extend(targets)
     if not settings:
-        raise ValueError("nothing to evaluate: give qualities and/or beta_pairs")
+        raise ValueError("nothing to evaluate: give qualities, beta_pairs and/or targets.target_bpps")
     return settings
 
 
@@ -168,7 +190,7 @@ def code_image(
     """Compress to a real file and decompress its bytes; returns rate facts and the [-1, 1] reconstruction."""
     height, width = original.shape[-2:]
     start = time.perf_counter()
-    container, code = codec.compress(image_to_tensor(original.permute(1, 2, 0).numpy()), setting.conditioning)
+    container, code, extras = compress_setting(codec, image_to_tensor(original.permute(1, 2, 0).numpy()), setting)
     encode_s = time.perf_counter() - start
     bitstream.parent.mkdir(parents=True, exist_ok=True)
     bitstream.write_bytes(container.to_bytes())
@@ -184,6 +206,7 @@ def code_image(
         "estimated_bpp": (code.estimated_y_bits + code.estimated_z_bits) / pixels,
         "encode_s": encode_s,
         "decode_s": decode_s,
+        **extras,
     }
     return rate, x_hat[0]
 
@@ -247,6 +270,7 @@ def summary_row(
     row.update(
         beta_rate=conditioning.beta_rate, beta_vq=conditioning.beta_vq, images=len(per_image), setting=setting.label
     )
+    row.update(target_summary(setting, per_image))
     return row
 
 
@@ -342,6 +366,7 @@ def evaluate(
     suite: MetricSuite,
     qualities: Sequence[int] = (0, 1, 2, 3, 4),
     beta_pairs: Sequence[Sequence[float]] = (),
+    targets: Sequence[TargetSetting] = (),
     model_name: str = "dcvic",
     dataset: str = "custom",
     reference_dataset: str | None = None,
@@ -355,12 +380,14 @@ def evaluate(
     references = load_reference_curves(reference_dataset)  # fail on a bad name before hours of coding
     model_data = load_model_file(model_file)
     codec = DCVICCodec(model_data.build_model().to(device), model_data.quality_table, model_data.fingerprint())
-    settings = make_settings(model_data.quality_table, qualities, beta_pairs)
+    settings = make_settings(model_data.quality_table, qualities, beta_pairs, targets)
     run = EvaluationRun(codec, suite, list_images(images), output_dir, model_name)
     log_file = PerImageLog(output_dir / "per_image.csv", codec.fingerprint.hex())
     rows = [run.run_setting(setting, log_file) for setting in settings]
     summary = write_summary(rows, output_dir / "summary.csv")
     plots = plot_rd_curves(summary, references, output_dir, dataset)
+    if references:
+        write_bd_table(bd_table(references, curves_by_model(summary)), output_dir / BD_RATE_FILE)
     if tensorboard_dir is not None:
         log_to_tensorboard(summary, plots, tensorboard_dir, dataset, tensorboard_step)
     log.info("wrote %s, %s and %d plots", output_dir / "summary.csv", output_dir / "per_image.csv", len(plots))
@@ -371,9 +398,12 @@ def evaluate(
 def main(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a `???` left unset stops here
     options.pop("metrics")
+    options.pop("targets")
     suite = instantiate(cfg.metrics)
-    summary = evaluate(suite=suite, **options)
+    summary = evaluate(suite=suite, targets=instantiate(cfg.targets), **options)
     print(summary.to_string(index=False))
+    if options["reference_dataset"] is not None:
+        print(format_bd_table(pd.read_csv(Path(options["output_dir"]) / BD_RATE_FILE)))
 
 
 if __name__ == "__main__":
