@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_modules.codec.container import Container  # noqa: E402
-from lightning_modules.codec.image_codec import DCVICCodec, tensor_to_image  # noqa: E402
+from lightning_modules.codec.image_codec import DCVICCodec  # noqa: E402
+from lightning_modules.images import tensor_to_image  # noqa: E402
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE  # noqa: E402
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic  # noqa: E402
 

@@ -1,6 +1,7 @@
 """``dcvic``: compress images to ``.dcvic`` files and back.
 
     dcvic compress photos/ -o compressed/ --checkpoint dcvic_patchgan.pt --quality 2
+    dcvic compress photo.png -o compressed/ --checkpoint dcvic_patchgan.pt --target-bpp 0.08 --realism balanced
     dcvic decompress compressed/ -o decoded/ --checkpoint dcvic_patchgan.pt
     dcvic decompress kodim03.bin -o decoded/ --checkpoint dcvic_patchgan.pt --legacy
 
@@ -26,17 +27,21 @@ from lightning_modules.codec.files import (
     CONTAINER_SUFFIX,
     DECOMPRESS_REPORT,
     LEGACY_SUFFIX,
+    CompressRecord,
     Inputs,
     collect_inputs,
     compress_file,
+    compress_file_to_target,
     decompress_file,
     refused_by_header,
     write_reports,
 )
 from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
 from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS
+from lightning_modules.codec.rate_control import DEFAULT_REALISM, REALISM_BETA_VQ, RateTarget, realism_beta_vq
 from lightning_modules.images import IMAGE_SUFFIXES, failure_line
 from lightning_modules.model_file import load_model_file
+from lightning_modules.stage2.search import RULES
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_SETUP = 0, 1, 2
 
@@ -56,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(compress, "images or folders of images")
     compress.add_argument("--quality", "-q", type=int, help="quality index of the model's table (0 = lowest rate)")
     compress.add_argument("--beta-rate", type=float, help="explicit β_rate (0…3 for the paper's model), with --beta-vq")
-    compress.add_argument("--beta-vq", type=float, help="explicit β_vq (0…3.5 for the paper's model), with --beta-rate")
+    compress.add_argument(
+        "--beta-vq", type=float, help="explicit β_vq (0…3.5 for the paper's model), with --beta-rate or a target"
+    )
+    _add_rate_control(compress)
     decompress = commands.add_parser("decompress", help=".dcvic (or the authors' .bin) files → PNG")
     _add_common(decompress, ".dcvic files or folders of them")
     decompress.add_argument("--legacy", action="store_true", help="inputs are the authors' .bin files")
@@ -74,6 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
         "`dcvic compress` accept)",
     )
     return parser
+
+
+def _add_rate_control(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rate control (per image: search β_rate so the real file meets the target)")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument("--target-bpp", type=float, help="target bits per pixel of the file, container included")
+    target.add_argument("--target-bytes", type=float, help="target file size in bytes")
+    group.add_argument(
+        "--realism",
+        choices=sorted(REALISM_BETA_VQ),
+        help=f"β_vq by name ({', '.join(f'{k} = {v}' for k, v in REALISM_BETA_VQ.items())}; default "
+        f"{DEFAULT_REALISM}), or give --beta-vq",
+    )
+    group.add_argument("--tolerance", type=float, default=0.01, help="fraction of the target (default 0.01)")
+    group.add_argument(
+        "--target-rule",
+        choices=RULES,
+        default="below",
+        help="below: the largest file not above the target (default); closest: the nearest either side",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, inputs_help: str) -> None:
@@ -117,25 +145,39 @@ def skipped_note(skipped: int, failures: int, kind: str) -> str:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    rate_target = parse_rate_target(args)
     inputs = find_inputs(args.inputs, IMAGE_SUFFIXES)
     codec = load_codec(args.checkpoint, args.device)
-    if args.quality is not None and codec.quality_table is None:
-        limits = codec.beta_range
-        raise CliError(
-            f"{args.checkpoint} has no quality table (no beta pairs were selected for it: a stage-1_x model); "
-            f"give --beta-rate in [0, {limits.rate_max}] and --beta-vq in [0, {limits.vq_max}] instead of --quality"
-        )
-    try:
-        conditioning = resolve_conditioning(
-            codec.quality_table, args.quality, args.beta_rate, args.beta_vq, codec.beta_range
-        )
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
     out = Path(args.output)
     report_skipped(inputs.skipped, "an image")
-    records, failures = _for_each(
-        "compress", inputs.files, lambda f: compress_file(codec, f, out / f"{f.stem}{CONTAINER_SUFFIX}", conditioning)
-    )
+    if rate_target is None:
+        if args.quality is not None and codec.quality_table is None:
+            limits = codec.beta_range
+            raise CliError(
+                f"{args.checkpoint} has no quality table (no beta pairs were selected for it: a stage-1_x model); "
+                f"give --beta-rate in [0, {limits.rate_max}] and --beta-vq in [0, {limits.vq_max}] instead of "
+                "--quality"
+            )
+        try:
+            conditioning = resolve_conditioning(
+                codec.quality_table, args.quality, args.beta_rate, args.beta_vq, codec.beta_range
+            )
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        records, failures = _for_each(
+            "compress",
+            inputs.files,
+            lambda f: compress_file(codec, f, out / f"{f.stem}{CONTAINER_SUFFIX}", conditioning),
+        )
+    else:
+        beta_vq = args.beta_vq if args.beta_vq is not None else realism_beta_vq(args.realism or DEFAULT_REALISM)
+        try:  # a bad beta_vq stops the command before any image, like a bad explicit pair
+            resolve_conditioning(codec.quality_table, beta_rate=0.0, beta_vq=beta_vq, beta_range=codec.beta_range)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        records, failures = _for_each(
+            "compress", inputs.files, lambda f: _to_target(codec, f, out, rate_target, beta_vq)
+        )
     report = ""
     if records:
         csv_path, json_path = write_reports(records, out, COMPRESS_REPORT)
@@ -143,6 +185,31 @@ def run_compress(args: argparse.Namespace) -> int:
         report = f", mean real bpp {mean_bpp:.5f}; see {csv_path} and {json_path}"
     print(f"compressed {len(records)} image(s){report}{skipped_note(len(inputs.skipped), failures, 'an image')}")
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def parse_rate_target(args: argparse.Namespace) -> RateTarget | None:
+    """The per-image target of ``--target-bpp`` / ``--target-bytes`` (None: a fixed quality or beta pair)."""
+    value = args.target_bpp if args.target_bpp is not None else args.target_bytes
+    if value is None:
+        if args.realism is not None:
+            raise CliError("--realism chooses β_vq for a target: give --target-bpp or --target-bytes too")
+        return None
+    flag = "--target-bpp" if args.target_bpp is not None else "--target-bytes"
+    if args.quality is not None or args.beta_rate is not None:
+        raise CliError(f"{flag} chooses β_rate per image: leave out --quality and --beta-rate")
+    if args.realism is not None and args.beta_vq is not None:
+        raise CliError("give either --realism or --beta-vq, not both")
+    try:
+        return RateTarget(value, "bpp" if args.target_bpp is not None else "bytes", args.tolerance, args.target_rule)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from exc
+
+
+def _to_target(codec: DCVICCodec, path: Path, out: Path, rate_target: RateTarget, beta_vq: float) -> CompressRecord:
+    record = compress_file_to_target(codec, path, out / f"{path.stem}{CONTAINER_SUFFIX}", rate_target, beta_vq)
+    if record.rate_message:  # the nearest achievable file was written: say so, in one line
+        tqdm.write(f"dcvic: {path}: {record.rate_message}", file=sys.stderr)
+    return record
 
 
 def run_decompress(args: argparse.Namespace) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from entrypoints.preflight import exit_on_config_problems
+from lightning_modules.evaluation.bd_rate import BD_RATE_FILE, format_bd_table
 from lightning_modules.evaluation.rate_distortion import evaluate
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -24,9 +26,12 @@ def main(cfg: DictConfig) -> None:
     exit_on_config_problems(cfg, "evaluate.py")
     options = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a `???` left unset stops here
     options.pop("metrics")
+    options.pop("targets")
     suite = instantiate(cfg.metrics)
-    summary = evaluate(suite=suite, **options)
+    summary = evaluate(suite=suite, targets=instantiate(cfg.targets), **options)
     print(summary.to_string(index=False))
+    if options["reference_dataset"] is not None:
+        print(format_bd_table(pd.read_csv(Path(options["output_dir"]) / BD_RATE_FILE)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from PIL import Image, ImageFilter
 from pytorch_fid import fid_score
 from pytorch_fid.inception import InceptionV3
 
-from entrypoints.evaluate import load_rgb
 from entrypoints.train import CONFIG_DIR
 from lightning_modules.evaluation import metrics
 from lightning_modules.evaluation.metrics import (
@@ -30,6 +29,7 @@ from lightning_modules.evaluation.metrics import (
     build_inception,
     build_pytorch_fid_inception,
 )
+from lightning_modules.evaluation.rate_distortion import read_image as load_rgb
 from tests.support.metric_backbones import write_random_fid_inception
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera")

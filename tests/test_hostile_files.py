@@ -24,8 +24,9 @@ from compressai.ans import RansEncoder
 from PIL import Image
 
 from lightning_modules.codec.container import BitstreamError, Container, read_image_size, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
 from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, AvailableMemory, DecodeLimitError, check_memory
+from lightning_modules.images import image_to_tensor
 from lightning_modules.model_file import load_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124, min_symbol_bits

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from lightning_modules.codec.container import Container, read_image_size
+from lightning_modules.codec.container import EXPLICIT_BETAS, Container, read_image_size
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec
 from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, DecodeLimitError, check_pixel_limit
+from lightning_modules.codec.rate_control import RateTarget, compress_to_target
 from lightning_modules.images import image_to_tensor, read_rgb, save_png, split_folder, tensor_to_image, write_atomic
+from lightning_modules.networks.latent_codec import LatentCode
 
 CONTAINER_SUFFIX = ".dcvic"
 LEGACY_SUFFIX = ".bin"
@@ -63,7 +65,10 @@ def collect_inputs(paths: Sequence[str | Path], suffixes: Iterable[str]) -> Inpu
 
 @dataclass
 class CompressRecord:
-    """One row of the compress CSV; ``real_bpp`` counts every byte of the file."""
+    """One row of the compress CSV; ``real_bpp`` counts every byte of the file (with a target: the achieved rate).
+
+    The last six columns are filled by rate control (:mod:`.rate_control`) and empty at a fixed quality.
+    """
 
     image: str
     output: str
@@ -81,23 +86,51 @@ class CompressRecord:
     estimated_y_bits: float
     estimated_bpp: float
     seconds: float
+    target_bpp: float | None = None
+    target_bytes: float | None = None
+    probes: int | None = None
+    search_seconds: float | None = None
+    rate_status: str | None = None
+    rate_message: str | None = None
 
 
 def compress_file(codec: DCVICCodec, source: Path, target: Path, conditioning: Conditioning) -> CompressRecord:
     image = read_rgb(source)
     start = time.perf_counter()
     container, code = codec.compress(image_to_tensor(image), conditioning)
-    data = container.to_bytes()
+    return _write_compressed(source, target, image.shape, container, container.to_bytes(), code, start)
+
+
+def compress_file_to_target(
+    codec: DCVICCodec, source: Path, target: Path, rate_target: RateTarget, beta_vq: float
+) -> CompressRecord:
+    """Rate control per image: the file the search chose, and its target, probes and search time."""
+    image = read_rgb(source)
+    start = time.perf_counter()
+    result = compress_to_target(codec, image_to_tensor(image), rate_target, beta_vq)
+    record = _write_compressed(source, target, image.shape, result.container, result.data, result.code, start)
+    return replace(record, **result.record_fields())
+
+
+def _write_compressed(
+    source: Path,
+    target: Path,
+    shape: tuple[int, ...],
+    container: Container,
+    data: bytes,
+    code: LatentCode,
+    start: float,
+) -> CompressRecord:
     write_atomic(target, data)
-    pixels = image.shape[0] * image.shape[1]
+    pixels = shape[0] * shape[1]
     return CompressRecord(
         image=str(source),
         output=str(target),
-        height=image.shape[0],
-        width=image.shape[1],
-        quality_index=conditioning.quality_index,
-        beta_rate=conditioning.beta_rate,
-        beta_vq=conditioning.beta_vq,
+        height=shape[0],
+        width=shape[1],
+        quality_index=None if container.quality_index == EXPLICIT_BETAS else container.quality_index,
+        beta_rate=container.beta_rate,
+        beta_vq=container.beta_vq,
         header_bits=8 * container.header_bytes,
         z_bits=8 * len(container.z_string),
         y_bits=8 * len(container.y_string),

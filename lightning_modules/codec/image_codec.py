@@ -7,9 +7,11 @@
     y ─model.latent_codec.compress─ (z_string, y_string) ─ model.latent_codec.decompress─ ŷ
                                                              ŷ ─synthesis (tiled >1024)─ crop ─ clamp ─ x̂
 
-This module owns the image side (padding, tiling, the container and its identity checks). The entropy path
-(:mod:`lightning_modules.networks.latent_codec`) runs on the CPU in float32 with one thread on *both* sides, so
-decompress rebuilds exactly the ``ŷ`` compress used, on any machine.
+This module owns the image side (padding, tiling, the container and its identity checks). A
+:class:`PreparedImage` (padded, VQGAN-encoded) is shared by every beta pair, which per-image rate control
+(:mod:`.rate_control`) relies on. The entropy path (:mod:`lightning_modules.networks.latent_codec`) runs on the
+CPU in float32 with one thread on *both* sides, so decompress rebuilds exactly the ``ŷ`` compress used, on any
+machine.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from lightning_modules.networks.latent_codec import LatentCode
 from lightning_modules.networks.tiling import needs_tiling
+from lightning_modules.networks.vqgan import VQEncoding
 
 CPU = torch.device("cpu")
 DECODE_MEMORY_MARGIN, DECODE_MEMORY_OVERHEAD = 1.2, 64 * 2**20
@@ -106,12 +109,31 @@ def synthesize(model: DCVIC, y_hat: Tensor, height: int, width: int, conditionin
     return x_hat[:, :, :height, :width].clamp(-1, 1).cpu()
 
 
-def analyse(model: DCVIC, x: Tensor, conditioning: Conditioning) -> Tensor:
-    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2; the encoder is tiled above 1344 px)."""
-    beta_rate, beta_vq = conditioning.betas()
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image padded to the model's multiple and VQGAN-encoded: all the compression that no beta changes.
+
+    Rate control (:mod:`.rate_control`) probes many beta pairs on one prepared image.
+    """
+
+    x_pad: Tensor
+    vq: VQEncoding
+    height: int
+    width: int
+
+
+def prepare_image(model: DCVIC, x: Tensor) -> PreparedImage:
+    """Image (1, 3, H, W) in [-1, 1] → padded image and its VQGAN tokens (§6.3 step 1; tiled above 1024 px)."""
     x_pad = pad_to_multiple(x.to(model_device(model)), model.pad_multiple)
     with torch.inference_mode():
-        return model.analysis(x_pad, model.vq_encode(x_pad), beta_rate, beta_vq)
+        return PreparedImage(x_pad, model.vq_encode(x_pad), *x.shape[-2:])
+
+
+def analyse(model: DCVIC, image: PreparedImage, conditioning: Conditioning) -> Tensor:
+    """Prepared image → ``y`` (§6.3 step 2; the encoder is tiled above 1344 px)."""
+    beta_rate, beta_vq = conditioning.betas()
+    with torch.inference_mode():
+        return model.analysis(image.x_pad, image.vq, beta_rate, beta_vq)
 
 
 class DCVICCodec:
@@ -131,13 +153,16 @@ class DCVICCodec:
         return self.model.beta_range
 
     def compress(self, x: Tensor, conditioning: Conditioning) -> tuple[Container, LatentCode]:
+        return self.compress_prepared(prepare_image(self.model, x), conditioning)
+
+    def compress_prepared(self, image: PreparedImage, conditioning: Conditioning) -> tuple[Container, LatentCode]:
+        """Encoder, hyperprior, ChARM and rANS only: the synthesis path never runs on the encoder side."""
         self.beta_range.check(conditioning.beta_rate, conditioning.beta_vq)
-        height, width = x.shape[-2:]
-        code = self.model.latent_codec.compress(analyse(self.model, x, conditioning))
+        code = self.model.latent_codec.compress(analyse(self.model, image, conditioning))
         container = Container(
             fingerprint=self.fingerprint,
-            height=height,
-            width=width,
+            height=image.height,
+            width=image.width,
             quality_index=EXPLICIT_BETAS if conditioning.quality_index is None else conditioning.quality_index,
             beta_rate=conditioning.beta_rate,
             beta_vq=conditioning.beta_vq,

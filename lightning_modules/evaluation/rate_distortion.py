@@ -8,7 +8,11 @@ patches (datasets of at least 50 images). :func:`evaluate` writes::
     <output_dir>/per_image.csv               one row per (setting, image), appended as soon as it is scored
     <output_dir>/summary.csv                 model, quality, bpp, PSNR, FID, LPIPS, DISTS, then extras
     <output_dir>/rd_<metric>.png             our curve over the published DC-VIC and MS-ILLM curves
+    <output_dir>/bd_rate.csv                 BD-rate / BD-metric against them (with ``reference_dataset``)
     <output_dir>/bitstreams/<setting>/*.dcvic, reconstructions/<setting>/*.png
+
+``targets.target_bpps=[0.05,0.1]`` adds points at target rates: each image gets the beta_rate whose real
+file meets the target (``lightning_modules/evaluation/rate_targets.py``).
 
 Re-running with the same ``output_dir`` resumes: scored images are skipped (their PNGs feed FID/KID again).
 Every file is written atomically, so a crash never leaves a bitstream or PNG that a resumed run would trust.
@@ -30,7 +34,20 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec, resolve_conditioning
+from lightning_modules.evaluation.bd_rate import (
+    BD_RATE_FILE,
+    LOWER_IS_BETTER,
+    bd_table,
+    curves_by_model,
+    write_bd_table,
+)
 from lightning_modules.evaluation.metrics import MetricSuite, PatchDistributionMetrics, psnr_per_image
+from lightning_modules.evaluation.rate_targets import (
+    TARGET_SUMMARY_COLUMNS,
+    TargetSetting,
+    compress_setting,
+    target_summary,
+)
 from lightning_modules.images import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -58,10 +75,10 @@ EXTRA_COLUMNS = [
     "beta_vq",
     "images",
     "setting",
+    *TARGET_SUMMARY_COLUMNS,
 ]
 PER_IMAGE_METRICS = ["bpp", "estimated_bpp", "PSNR", "PSNR_rounded", "MS-SSIM", "LPIPS", "DISTS"]
 PLOT_METRICS = ["PSNR", "MS-SSIM", "LPIPS", "DISTS", "FID", "KID"]
-LOWER_IS_BETTER = {"LPIPS", "DISTS", "FID", "KID"}
 # Published curves per dataset: our file of DC-VIC's numbers and MS-ILLM's dataset label.
 REFERENCE_DATASETS = {
     "kodak": ("dcvic_kodak.csv", "kodak"),
@@ -102,17 +119,21 @@ class Setting:
 
 
 def make_settings(
-    quality_table: dict[str, list[float]], qualities: Sequence[int], beta_pairs: Sequence[Sequence[float]]
-) -> list[Setting]:
-    """Quality indices of the model's table, then explicit (beta_rate, beta_vq) pairs."""
+    quality_table: dict[str, list[float]],
+    qualities: Sequence[int],
+    beta_pairs: Sequence[Sequence[float]],
+    targets: Sequence[TargetSetting] = (),
+) -> list[Setting | TargetSetting]:
+    """Quality indices of the model's table, then explicit (beta_rate, beta_vq) pairs, then target rates."""
     settings = [Setting(f"q{q}", resolve_conditioning(quality_table, quality=int(q))) for q in qualities]
     for pair in beta_pairs:
         if len(pair) != 2:
             raise ValueError(f"a beta pair is [beta_rate, beta_vq], got {list(pair)}")
         conditioning = resolve_conditioning(quality_table, beta_rate=float(pair[0]), beta_vq=float(pair[1]))
         settings.append(Setting(f"br{pair[0]:.3f}_bv{pair[1]:.3f}", conditioning))
+    settings.extend(targets)
     if not settings:
-        raise ValueError("nothing to evaluate: give qualities and/or beta_pairs")
+        raise ValueError("nothing to evaluate: give qualities, beta_pairs and/or targets.target_bpps")
     return settings
 
 
@@ -156,7 +177,7 @@ def code_image(
     """Compress to a real file and decompress its bytes; returns rate facts and the [-1, 1] reconstruction."""
     height, width = original.shape[-2:]
     start = time.perf_counter()
-    container, code = codec.compress(from_uint8(original).unsqueeze(0), setting.conditioning)
+    container, code, extras = compress_setting(codec, from_uint8(original).unsqueeze(0), setting)
     encode_s = time.perf_counter() - start
     write_atomic(bitstream, container.to_bytes())  # a crash mid-write leaves no bitstream a rerun would trust
     start = time.perf_counter()
@@ -171,6 +192,7 @@ def code_image(
         "estimated_bpp": (code.estimated_y_bits + code.estimated_z_bits) / pixels,
         "encode_s": encode_s,
         "decode_s": decode_s,
+        **extras,
     }
     return rate, x_hat[0]
 
@@ -234,6 +256,7 @@ def summary_row(
     row.update(
         beta_rate=conditioning.beta_rate, beta_vq=conditioning.beta_vq, images=len(per_image), setting=setting.label
     )
+    row.update(target_summary(setting, per_image))
     return row
 
 
@@ -330,6 +353,7 @@ def evaluate(
     suite: MetricSuite,
     qualities: Sequence[int] = (0, 1, 2, 3, 4),
     beta_pairs: Sequence[Sequence[float]] = (),
+    targets: Sequence[TargetSetting] = (),
     model_name: str = "dcvic",
     dataset: str = "custom",
     reference_dataset: str | None = None,
@@ -343,12 +367,14 @@ def evaluate(
     references = load_reference_curves(reference_dataset)  # fail on a bad name before hours of coding
     model_data = load_model_file(model_file)
     codec = DCVICCodec(model_data.build_model().to(device), model_data.quality_table, model_data.fingerprint())
-    settings = make_settings(model_data.quality_table, qualities, beta_pairs)
+    settings = make_settings(model_data.quality_table, qualities, beta_pairs, targets)
     run = EvaluationRun(codec, suite, list_images(images), output_dir, model_name)
     log_file = PerImageLog(output_dir / "per_image.csv", codec.fingerprint.hex())
     rows = [run.run_setting(setting, log_file) for setting in settings]
     summary = write_summary(rows, output_dir / "summary.csv")
     plots = plot_rd_curves(summary, references, output_dir, dataset)
+    if references:
+        write_bd_table(bd_table(references, curves_by_model(summary)), output_dir / BD_RATE_FILE)
     if tensorboard_dir is not None:
         log_to_tensorboard(summary, plots, tensorboard_dir, dataset, tensorboard_step)
     log.info("wrote %s, %s and %d plots", output_dir / "summary.csv", output_dir / "per_image.csv", len(plots))

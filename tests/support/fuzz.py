@@ -225,7 +225,8 @@ def make_samples(seed: int, dcvic_count: int, legacy_count: int, sources: Source
 
 def make_sources(model_path: Path, foreign_model_path: Path, sizes: list[tuple[int, int]]) -> Sources:
     """Valid files of the fuzzed model at several sizes and betas, and of a foreign model."""
-    from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+    from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+    from lightning_modules.images import image_to_tensor
     from lightning_modules.model_file import load_model_file
     from lightning_modules.networks.entropy_models import entropy_bottleneck_124
     from tests.support.codec_models import photo
@@ -361,7 +362,8 @@ def _worker(model_path: str, per_file_seconds: float, address_headroom_bytes: in
     import torch
 
     from lightning_modules.codec.container import BitstreamError
-    from lightning_modules.codec.image_codec import DCVICCodec, tensor_to_image
+    from lightning_modules.codec.image_codec import DCVICCodec
+    from lightning_modules.images import tensor_to_image
     from lightning_modules.model_file import load_model_file
 
     torch.set_num_threads(1)
