@@ -18,6 +18,9 @@ IGNORED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # The frozen VQGAN and LPIPS are in eval mode on purpose (design §4.8); Lightning warns about any such module.
     (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+    # A resume restores the iteration and RNG states (design §4.8); batches are drawn at random, not in an order
+    # that the loader would have to replay, so a mid-epoch checkpoint is what every resume starts from.
+    (r"You're resuming from a checkpoint that ended before the epoch ended", UserWarning),
 )
 IGNORED_LOG_LINES: tuple[str, ...] = (
     "💡 Tip:",  # an advertisement for a cloud logger

@@ -79,6 +79,8 @@ class FrozenVQGAN(nn.Module):
         self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25, legacy=True, sane_index_shape=True)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.ch = ch
+        self.ch_mult = tuple(ch_mult)
         self.n_embed = n_embed
         self.embed_dim = embed_dim
         self.freeze()
