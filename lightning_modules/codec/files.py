@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lightning_modules.codec.container import EXPLICIT_BETAS, Container, read_image_size
+from lightning_modules.codec.container import EXPLICIT_BETAS, Container
 from lightning_modules.codec.image_codec import Conditioning, DCVICCodec
-from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, DecodeLimitError, check_pixel_limit
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS
 from lightning_modules.codec.rate_control import RateTarget, compress_to_target
 from lightning_modules.images import image_to_tensor, read_rgb, save_png, split_folder, tensor_to_image, write_atomic
 from lightning_modules.networks.latent_codec import LatentCode
@@ -172,23 +172,6 @@ def decompress_file(
     image = tensor_to_image(x_hat)
     save_png(target, image)
     return DecompressRecord(str(source), str(target), image.shape[0], image.shape[1], time.perf_counter() - start)
-
-
-def refused_by_header(files: Sequence[Path], legacy: bool, max_pixels: int) -> dict[Path, str]:
-    """Files whose header alone claims more than ``max_pixels``, with the reason: found from their first bytes,
-    before any model is loaded. Unreadable headers are left to the full parse, which says what is wrong."""
-    refused: dict[Path, str] = {}
-    for path in files:
-        try:
-            with path.open("rb") as handle:
-                size = read_image_size(handle.read(64), legacy)
-            if size is not None:
-                check_pixel_limit(*size, max_pixels)
-        except OSError:
-            continue
-        except DecodeLimitError as exc:
-            refused[path] = str(exc)
-    return refused
 
 
 def write_reports(records: Iterable[CompressRecord | DecompressRecord], folder: Path, stem: str) -> tuple[Path, Path]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_modules.codec.container import BitstreamError
+from lightning_modules.codec.container import BitstreamError, read_image_size
 
 DEFAULT_MAX_PIXELS = 178_956_970
 """2 × Pillow's ``MAX_IMAGE_PIXELS`` (89,478,485): the size above which Pillow, and so ``dcvic compress``,
@@ -116,3 +117,20 @@ def _address_space_headroom() -> AvailableMemory | None:
     except (OSError, ValueError):
         return None
     return AvailableMemory(soft - used, "RLIMIT_AS minus this process's address space")
+
+
+def refused_by_header(files: Sequence[Path], legacy: bool, max_pixels: int) -> dict[Path, str]:
+    """Files whose header alone claims more than ``max_pixels``, with the reason: found from their first bytes,
+    before any model is loaded. Unreadable headers are left to the full parse, which says what is wrong."""
+    refused: dict[Path, str] = {}
+    for path in files:
+        try:
+            with path.open("rb") as handle:
+                size = read_image_size(handle.read(64), legacy)
+            if size is not None:
+                check_pixel_limit(*size, max_pixels)
+        except OSError:
+            continue
+        except DecodeLimitError as exc:
+            refused[path] = str(exc)
+    return refused
