@@ -284,6 +284,7 @@ def test_fuzzed_files_end_in_a_clean_error_or_a_decode(model_path: Path, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz  # about 40× the fast campaign: run with `pytest -m fuzz`, kept out of CI's time budget
 def test_fuzz_campaign_ten_thousand_files(model_path: Path, tmp_path: Path) -> None:
     summary = campaign(model_path, tmp_path, seed=2024, dcvic=10_000, legacy=2_000)
     if os.environ.get("DCVIC_FUZZ_REPORT"):
