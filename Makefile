@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 lint: setup
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 clean:

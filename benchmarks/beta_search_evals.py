@@ -3,22 +3,24 @@
 Two measurements, both at the reference tolerance (0.001 bpp) and 3-decimal beta_rate:
 
 * ``per_search``: each target searched on its own (no memo), mean/max evaluations over a grid of targets;
-* ``per_sweep``: the paper's 5 targets searched one after the other on the same curve with a shared memo
-  (as the stage-2 jobs do): distinct points the model had to evaluate.
+* ``per_sweep``: the paper's 5 targets (``conf/stage2_grid/paper.yaml``) searched one after the other on the same
+  curve with a shared memo (as the stage-2 jobs do): distinct points the model had to evaluate.
 
-Run: ``python benchmarks/beta_search_evals.py`` -> ``benchmarks/results/beta_search_evals.json``.
+Run: ``python -m benchmarks.beta_search_evals`` -> ``benchmarks/results/beta_search_evals.json``; ``--quick`` uses
+every fourth grid target (see ``benchmarks/harness.py``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from lightning_modules.stage2.search import PAPER_TARGETS_BPP, SearchResult, bisect_search, illinois_search
+from benchmarks.harness import benchmark_parser, output_path, write_result
+from lightning_modules.stage2.search import SearchResult, bisect_search, illinois_search
 
 Curve = Callable[[float], float]
 
@@ -29,6 +31,9 @@ TOY_CURVES: dict[str, Curve] = {
     "plateau_1.0_to_1.4": lambda b: 0.163 * math.exp(-0.515 * (min(b, 1.0) + max(b - 1.4, 0.0))),
 }
 GRID_TARGETS = np.round(np.arange(0.045, 0.1551, 0.005), 4).tolist()
+PAPER_TARGETS_BPP = list(
+    OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/stage2_grid/paper.yaml").targets_bpp
+)
 SEARCHES: dict[str, Callable[..., SearchResult]] = {"bisect": bisect_search, "illinois": illinois_search}
 
 
@@ -36,10 +41,10 @@ def mean_evaluations(search: Callable[..., SearchResult], curve: Curve, targets:
     return float(np.mean([search(curve, target_bpp=t).evaluations for t in targets]))
 
 
-def per_search(name: str, curve: Curve) -> dict:
+def per_search(curve: Curve, targets: list[float]) -> dict:
     out = {}
     for method, search in SEARCHES.items():
-        results = [search(curve, target_bpp=t) for t in GRID_TARGETS]
+        results = [search(curve, target_bpp=t) for t in targets]
         out[method] = {
             "mean_evaluations": float(np.mean([r.evaluations for r in results])),
             "max_evaluations": max(r.evaluations for r in results),
@@ -64,23 +69,22 @@ def per_sweep(curve: Curve) -> dict:
     return out
 
 
-def main() -> Path:
+def main(argv: list[str] | None = None) -> dict:
+    args = benchmark_parser(__doc__).parse_args(argv)
+    targets = GRID_TARGETS[::4] if args.quick else GRID_TARGETS
     results = {
         "tolerance_bpp": 0.001,
         "beta_rate_bounds": [0.0, 3.0],
-        "grid_targets": GRID_TARGETS,
-        "per_search": {name: per_search(name, curve) for name, curve in TOY_CURVES.items()},
+        "grid_targets": targets,
+        "per_search": {name: per_search(curve, targets) for name, curve in TOY_CURVES.items()},
         "per_sweep_paper_targets": {name: per_sweep(curve) for name, curve in TOY_CURVES.items()},
     }
     for method in SEARCHES:
         results[f"overall_mean_evaluations_{method}"] = float(
             np.mean([results["per_search"][name][method]["mean_evaluations"] for name in TOY_CURVES])
         )
-    path = Path(__file__).parent / "results" / "beta_search_evals.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k.startswith("overall")}, indent=2))
-    return path
+    write_result(results, output_path(args, "beta_search_evals"))
+    return results
 
 
 if __name__ == "__main__":

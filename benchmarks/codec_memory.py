@@ -7,8 +7,9 @@ RSS after building the model is recorded as well, to separate the weights from t
     python benchmarks/codec_memory.py --architecture tiny      # the 5.9 M-parameter test network
     python benchmarks/codec_memory.py --checkpoint dcvic.pt    # a real model file
     python benchmarks/codec_memory.py --tiling reference       # the authors' 512/256 px tiles (default: fitted)
+    python benchmarks/codec_memory.py --quick                  # tiny network on 384×512: seconds, prints only
 
-Writes ``benchmarks/results/codec_memory.json`` (or ``--output``); decompress reports the PSNR of the decoded
+Writes ``benchmarks/results/codec_memory.json`` (or ``--out``); decompress reports the PSNR of the decoded
 photo (8-bit, truncated as the CLI writes it), so two tiling rules can be compared on the same photo.
 """
 
@@ -34,14 +35,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.codec.image_codec import (  # noqa: E402
-    TILING_RULES,
-    DCVICCodec,
-    image_to_tensor,
-    resolve_conditioning,
-    tensor_to_image,
-)
-from lightning_modules.model_file import ModelFile, load_model_file, save_model_file  # noqa: E402
+from benchmarks.harness import benchmark_parser, output_path, write_result  # noqa: E402
+from lightning_modules.codec.image_codec import TILING_RULES, DCVICCodec, resolve_conditioning  # noqa: E402
+from lightning_modules.images import image_to_tensor, tensor_to_image  # noqa: E402
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file  # noqa: E402
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic  # noqa: E402
 
 ARCHITECTURES = {"full": {}, "tiny": TINY_ARCHITECTURE}
@@ -108,20 +105,24 @@ def run_phase(
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="full")
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="default: full (tiny with --quick)")
     parser.add_argument("--checkpoint", help="a dcvic model file instead of random weights")
-    parser.add_argument("--height", type=int, default=3000)
-    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--height", type=int, help="default 3000 (384 with --quick)")
+    parser.add_argument("--width", type=int, help="default 4000 (512 with --quick)")
     parser.add_argument("--quality", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tiling", choices=TILING_RULES, default="fitted", help="the codec's tiling rule")
     parser.add_argument("--fast", action="store_true", help="the codec's fast mode")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "codec_memory.json"))
     parser.add_argument("--phase", choices=("compress", "decompress"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    quick_defaults = {"architecture": "tiny", "height": 384, "width": 512}
+    full_defaults = {"architecture": "full", "height": 3000, "width": 4000}
+    for key, value in (quick_defaults if args.quick else full_defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     if args.phase:
         options = {"tiling": args.tiling, "fast": args.fast}
@@ -129,13 +130,14 @@ def main() -> None:
             args.phase, Path(args.checkpoint), Path(args.work), args.height, args.width, args.quality, options
         )
         print(json.dumps(result))
-        return
+        return None
     with tempfile.TemporaryDirectory() as work:
         model_path = Path(args.checkpoint) if args.checkpoint else Path(work) / "model.pt"
         if not args.checkpoint:
             torch.manual_seed(0)
             architecture = ARCHITECTURES[args.architecture]
-            save_model_file(model_path, ModelFile(architecture, build_dcvic(**architecture).state_dict()))
+            model_file = ModelFile(architecture, build_dcvic(**architecture).state_dict(), RELEASED_QUALITY_TABLE)
+            save_model_file(model_path, model_file)
         phases = {phase: child(args, phase, model_path, Path(work)) for phase in ("compress", "decompress")}
     report = {
         "image_hw": [args.height, args.width],
@@ -148,9 +150,8 @@ def main() -> None:
         **phases,
         "peak_rss_mib": max(p["peak_rss_mib"] for p in phases.values()),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_result(report, output_path(args, "codec_memory"))
+    return report
 
 
 def child(args: argparse.Namespace, phase: str, model_path: Path, work: Path) -> dict:

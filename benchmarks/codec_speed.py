@@ -13,7 +13,7 @@ minor page faults, and the peak RSS of the phase (VmHWM reset before it, so it i
         --authors-config config/dc_vic_patchgan.yaml --authors-checkpoint dc_vic_patchgan.pth.tar
 
 ``--authors`` needs the authors' checkpoint of the same weights as ``--checkpoint`` (e.g. our converter's input)
-and a checkout of their code that loads in its environment. Writes ``benchmarks/results/codec_speed_<name>.json``.
+and a checkout of their code that loads in its environment. Writes ``benchmarks/results/codec_speed_<name>_<H>x<W>.json`` (``--out``; none with ``--quick``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def dcvic_child(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+    from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+    from lightning_modules.images import image_to_tensor
     from lightning_modules.model_file import load_model_file
 
     torch.set_num_threads(args.threads)
@@ -286,7 +287,7 @@ def write_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]
     from PIL import Image
 
     sys.path.insert(0, str(REPO))
-    from lightning_modules.model_file import ModelFile, save_model_file
+    from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, save_model_file
     from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 
     astronaut = skimage.data.astronaut()
@@ -300,13 +301,14 @@ def write_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]
     architecture = TINY_ARCHITECTURE if args.architecture == "tiny" else {}
     torch.manual_seed(0)
     model_path = work / "model.pt"
-    save_model_file(model_path, ModelFile(dict(architecture), build_dcvic(**architecture).state_dict()))
+    save_model_file(model_path, ModelFile(dict(architecture), build_dcvic(**architecture).state_dict(), RELEASED_QUALITY_TABLE))
     return model_path, image, f"random, seed 0 ({args.architecture} architecture)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny network, 256×256, 2 rounds (for make bench)")
+    from benchmarks.harness import benchmark_parser
+
+    parser = benchmark_parser(__doc__)  # --quick: tiny network, 256×256, 2 rounds (make bench)
     parser.add_argument("--architecture", choices=("full", "tiny"), default="full")
     parser.add_argument("--checkpoint", help="a dcvic model file instead of random weights")
     parser.add_argument("--height", type=int, default=512)
@@ -320,7 +322,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--authors-python", default=sys.executable, help="the Python of the authors' environment")
     parser.add_argument("--authors-config", default="config/dc_vic_patchgan.yaml")
     parser.add_argument("--authors-checkpoint", help="the authors' checkpoint holding the --checkpoint weights")
-    parser.add_argument("--output", help="JSON path (default benchmarks/results/codec_speed_<name>.json)")
     for hidden in ("--child", "--code", "--image", "--work", "--decode"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -334,6 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.harness import output_path, write_result
+
     args = parse_args(argv)
     if args.child:
         (authors_child if args.child == "authors" else dcvic_child)(args)
@@ -364,12 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         **summarise(runs),
         "checks": checks,
     }
-    output = Path(
-        args.output or REPO / "benchmarks" / "results" / f"codec_speed_{name}_{args.height}x{args.width}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
-    print(json.dumps({"ratios": report["ratios"], "checks": checks, "output": str(output)}, indent=2))
+    write_result(report, output_path(args, f"codec_speed_{name}_{args.height}x{args.width}"))
 
 
 def cpu_name() -> str:

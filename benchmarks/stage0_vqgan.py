@@ -4,8 +4,9 @@ Runs the real ``+stage=0 data=sample network=vqgan_tiny`` training (``lightning_
 for ``--iterations``, validating every ``--eval-every`` iterations on sample photos that are *not* in its training
 list, then reads ``val/psnr`` back from the run's TensorBoard events.
 
-Run: ``python benchmarks/stage0_vqgan.py [--iterations 1500] [--crop 32] [--batch 8] [--lr 2e-3] [--threads 1]``
--> ``benchmarks/results/stage0_vqgan_<crop>px_b<batch>_lr<lr>_<data|taming>_codebook_<threads>t.json``.
+Run: ``python -m benchmarks.stage0_vqgan [--iterations 1500] [--crop 32] [--batch 8] [--lr 2e-3] [--threads 1]``
+-> ``benchmarks/results/stage0_vqgan_<crop>px_b<batch>_lr<lr>_<data|taming>_codebook_<threads>t.json``;
+``--quick``: 40 iterations, batch 4, validation on 64² crops, printed only.
 On a shared machine wall time is noisy (the load average is recorded with it); ``cpu_s_per_iteration`` (process
 CPU time, validation included) is not, and with ``--threads 1`` it is the wall time per iteration of an otherwise
 idle core; ``psnr_at_minutes`` converts it. A curve point's ``iteration`` is the TensorBoard step of the
@@ -15,7 +16,6 @@ validation: batches trained so far, minus one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import tempfile
@@ -26,16 +26,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from benchmarks.harness import benchmark_parser, output_path, write_result
 from entrypoints.runners import train_vqgan
 from entrypoints.train import CONFIG_DIR, quote_stage_choices
 
-RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = {"iterations": 40, "eval_every": 20, "batch": 4, "val_crop": 64}
 TRAIN_PHOTOS = "[astronaut,rocket,immunohistochemistry,hubble_deep_field]"
 HELD_OUT_PHOTOS = "[coffee,chelsea]"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--crop", type=int, default=32, help="training crop size (pixels)")
     parser.add_argument("--batch", type=int, default=8)
@@ -44,7 +45,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=100, help="iterations between validations")
     parser.add_argument("--val-crop", type=int, default=256, help="centre crop of the held-out photos")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = robust to a busy machine)")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
 
 
 def overrides(args: argparse.Namespace, runs_dir: Path) -> list[str]:
@@ -86,8 +90,8 @@ def at_minutes(curve: list[dict[str, float]], seconds_per_iteration: float, minu
     return done[-1] if done else None
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("DCVIC_CACHE_DIR", str(Path(tmp) / "cache"))
@@ -101,7 +105,8 @@ def main() -> None:
     cpu_per_iteration = cpu / args.iterations
     result = {
         "what": "stage 0, network=vqgan_tiny (ch 32, ch_mult 1-1-2-2, 1 res block, 256 codes x 4), L1 + codebook",
-        "settings": vars(args) | {"train_photos": TRAIN_PHOTOS, "held_out_photos": HELD_OUT_PHOTOS},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}
+        | {"train_photos": TRAIN_PHOTOS, "held_out_photos": HELD_OUT_PHOTOS},
         "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "wall_s": round(wall, 1),
         "wall_s_per_iteration": round(wall / args.iterations, 3),
@@ -109,12 +114,10 @@ def main() -> None:
         "psnr_at_minutes": {m: at_minutes(curve, cpu_per_iteration, m) for m in (1, 2, 3, 4)},
         "curve": curve,
     }
-    RESULTS.mkdir(exist_ok=True)
     init = "data" if args.codebook_from_data else "taming"
-    out = RESULTS / f"stage0_vqgan_{args.crop}px_b{args.batch}_lr{args.lr:g}_{init}_codebook_{args.threads}t.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
-    print(out)
+    name = f"stage0_vqgan_{args.crop}px_b{args.batch}_lr{args.lr:g}_{init}_codebook_{args.threads}t"
+    write_result(result, output_path(args, name))
+    return result
 
 
 if __name__ == "__main__":

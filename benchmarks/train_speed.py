@@ -5,12 +5,11 @@ with random VQGAN / LPIPS backbones (speed does not depend on their values), and
 ``benchmarks/results/train_speed.json``::
 
     python benchmarks/train_speed.py --iterations 3 --warmup 1 --stage 1_2
+    python benchmarks/train_speed.py --quick     # network=tiny, batch 2 of 64² crops: seconds, prints only
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -24,10 +23,12 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import benchmark_parser, output_path, write_result  # noqa: E402
 from entrypoints.runners import prepare_run  # noqa: E402
 from entrypoints.train import CONFIG_DIR, quote_stage_choices  # noqa: E402
 
-RESULT = Path(__file__).resolve().parent / "results" / "train_speed.json"
+FULL = {"network": "full", "batch_size": 6, "crop": 256}
+QUICK = {"network": "tiny", "batch_size": 2, "crop": 64}
 
 
 class IterationTimer(L.Callback):
@@ -49,13 +50,13 @@ class IterationTimer(L.Callback):
         print(f"iteration {len(self.durations)}: {self.durations[-1]:.1f} s", flush=True)
 
 
-def measure(stage: str, bf16: bool, iterations: int, warmup: int, work_dir: Path) -> dict:
+def measure(stage: str, bf16: bool, iterations: int, warmup: int, work_dir: Path, size: dict) -> dict:
     overrides = [
         f"+stage={stage}",
-        "network=full",
+        f"network={size['network']}",
         "data=sample",
-        "data.batch_size=6",
-        "data.crop_size=256",
+        f"data.batch_size={size['batch_size']}",
+        f"data.crop_size={size['crop']}",
         "data.num_workers=0",
         "paths.vqgan_checkpoint=null",
         "paths.alexnet_weights=null",
@@ -86,31 +87,30 @@ def measure(stage: str, bf16: bool, iterations: int, warmup: int, work_dir: Path
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--stage", default="1_2", choices=["1_1", "1_2", "1_3", "3"])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per precision")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    parser.add_argument("--out", type=Path, default=RESULT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(args.stage, bf16, args.iterations, args.warmup, Path(tmp)) for bf16 in (False, True)]
+        results = [measure(args.stage, bf16, args.iterations, args.warmup, Path(tmp), size) for bf16 in (False, True)]
     report = {
         "benchmark": "train_speed",
-        "network": "full (84.0 M trainable)",
-        "batch_size": 6,
-        "crop": 256,
+        "network": "full (84.0 M trainable)" if size is FULL else "tiny (5.9 M parameters)",
+        "batch_size": size["batch_size"],
+        "crop": size["crop"],
         "device": device,
         "platform": platform.platform(),
         "torch": torch.__version__,
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],  # shared machines skew timings
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_result(report, output_path(args, "train_speed"))
+    return report
 
 
 if __name__ == "__main__":

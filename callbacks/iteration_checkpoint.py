@@ -41,7 +41,9 @@ class IterationCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer, iteration: int) -> None:
         """Write to a temporary name, then rename: a kill mid-write never corrupts ``last.ckpt``."""
         tmp = self.dirpath / f"{LAST}.partial"
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(
+            tmp, weights_only=False
+        )  # the full state, for resuming; every rank calls, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)
             if iteration in self.keep_iterations:

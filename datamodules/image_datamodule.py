@@ -2,6 +2,7 @@
 
 Training: random 256² crop (reflect pad-if-needed) → horizontal flip → [-1, 1], batch 6, shuffled, drop_last.
 Validation: full images (batch 1), optionally centre-cropped for quick CPU runs.
+Images are read as viewers show them (EXIF orientation applied, :func:`lightning_modules.images.load_rgb`).
 A file that cannot be decoded is skipped, counted and logged; training goes on with the next file.
 """
 
@@ -12,19 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from lightning_modules.images import failure_line, from_uint8, load_rgb, to_chw
+
 log = logging.getLogger(__name__)
 FileLister = Callable[[], list[Path]]
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, RuntimeError)
+READ_ERRORS = (OSError, ValueError, RuntimeError)  # load_rgb's ImageReadError is a ValueError
 
 
-def to_signed_tensor() -> transforms.Compose:
-    """uint8 RGB -> float in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+def to_signed_tensor(image: Image.Image) -> Tensor:
+    """RGB image -> (3, H, W) float in [-1, 1], the last transform step (ToTensor + Normalize(0.5, 0.5))."""
+    return from_uint8(to_chw(image))
 
 
 def training_transform(crop_size: int) -> transforms.Compose:
@@ -32,14 +35,9 @@ def training_transform(crop_size: int) -> transforms.Compose:
         [
             transforms.RandomCrop(crop_size, pad_if_needed=True, padding_mode="reflect"),
             transforms.RandomHorizontalFlip(p=0.5),
-            to_signed_tensor(),
+            to_signed_tensor,
         ]
     )
-
-
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 class TrainingImages(Dataset):
@@ -60,7 +58,7 @@ class TrainingImages(Dataset):
                 return self.transform(load_rgb(path))
             except READ_ERRORS as exc:
                 self.skipped += 1
-                log.warning("skipping unreadable image %s (%s); %d skipped in this worker", path, exc, self.skipped)
+                log.warning("skipping %s; %d skipped in this worker", failure_line(path, exc), self.skipped)
         raise RuntimeError(f"none of the {len(self.files)} training images could be read")
 
 
@@ -75,7 +73,7 @@ class ValidationImages(Dataset):
         if not self.files:
             raise RuntimeError(f"none of the {len(files)} validation images could be read")
         steps = [transforms.CenterCrop(center_crop)] if center_crop else []
-        self.transform = transforms.Compose([*steps, to_signed_tensor()])
+        self.transform = transforms.Compose([*steps, to_signed_tensor])
 
     @staticmethod
     def _readable(path: Path) -> bool:
@@ -83,7 +81,7 @@ class ValidationImages(Dataset):
             load_rgb(path)
             return True
         except READ_ERRORS as exc:
-            log.warning("skipping unreadable validation image %s (%s)", path, exc)
+            log.warning("skipping validation image %s", failure_line(path, exc))
             return False
 
     def __len__(self) -> int:

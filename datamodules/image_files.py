@@ -5,21 +5,23 @@ Each function returns a sorted list of image paths or raises with the directory 
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from skimage.util import img_as_ubyte
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from lightning_modules.images import IMAGE_SUFFIXES, save_png, split_folder
+
+log = logging.getLogger(__name__)
 OPENIMAGE_HINT = (
     "download OpenImages V6 training images (e.g. with the CVDF/open-images 'downloader.py') into "
     "<root>/train_0 … <root>/train_9 and set paths.openimage_root"
 )
 KODAK_HINT = "download the 24 Kodak PNGs (kodim01.png … kodim24.png, r0k.us/graphics/kodak) and set paths.kodak_root"
 SAMPLE_TRAIN = ("astronaut", "rocket", "immunohistochemistry", "coffee", "chelsea")
-SAMPLE_VAL = ("coffee", "chelsea")
 
 
 def _require_dir(path: Path, hint: str) -> Path:
@@ -48,11 +50,12 @@ def kodak_files(root: str) -> list[Path]:
 
 
 def folder_files(root: str, recursive: bool = False) -> list[Path]:
-    """Every image (by suffix) in a folder; ``recursive`` descends into sub-folders."""
-    hint = f"put images ({', '.join(IMAGE_SUFFIXES)}) into {root}"
-    pattern = "**/*" if recursive else "*"
-    files = [p for p in _require_dir(Path(root), hint).glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return _non_empty(sorted(files), root, hint)
+    """Every image (by suffix) in a folder; ``recursive`` descends into sub-folders. Other files are logged."""
+    hint = f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) into {root}"
+    images, others = split_folder(_require_dir(Path(root), hint), recursive=recursive)
+    if others:
+        log.warning("skipping %d file(s) in %s that are not images, e.g. %s", len(others), root, others[0])
+    return _non_empty(images, root, hint)
 
 
 def sample_files(cache_dir: str, names: Sequence[str] = SAMPLE_TRAIN) -> list[Path]:
@@ -64,12 +67,7 @@ def sample_files(cache_dir: str, names: Sequence[str] = SAMPLE_TRAIN) -> list[Pa
     files = []
     for name in names:
         path = out_dir / f"{name}.png"
-        if not path.is_file():
-            array = np.asarray(getattr(data, name)())
-            if array.dtype != np.uint8:
-                array = (np.clip(array, 0, 1) * 255).astype(np.uint8)
-            tmp = path.with_name(f"{name}.{os.getpid()}.partial.png")  # ranks may race here
-            Image.fromarray(array).convert("RGB").save(tmp)
-            tmp.replace(path)
+        if not path.is_file():  # ranks may race here: each writes its own temporary file
+            save_png(path, Image.fromarray(img_as_ubyte(np.asarray(getattr(data, name)()))).convert("RGB"))
         files.append(path)
     return files

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+import entrypoints  # noqa: F401 - first: its __init__ silences compressai's import-time warning
 from lightning_modules.networks.vqgan import load_vqgan
 from lightning_modules.stage2.jobs import resolve_device
 from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file

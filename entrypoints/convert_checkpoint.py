@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import entrypoints  # noqa: F401 - first: its __init__ silences compressai's import-time warning
 from lightning_modules.conversion import ConversionError, convert_authors_checkpoint
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, save_model_file
 

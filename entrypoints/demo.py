@@ -22,21 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from entrypoints.train import quote_stage_choices
+from lightning_modules.evaluation.metrics import build_metric_suite
+from lightning_modules.images import read_rgb, save_png
+from lightning_modules.model_file import load_model_file
+from lightning_modules.stage2.jobs import average_bpp, load_eval_model, validation_loader
+from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
+from lightning_modules.training.stage_init import resolve_model_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from entrypoints.train import quote_stage_choices  # noqa: E402
-from lightning_modules.evaluation.metrics import build_metric_suite  # noqa: E402
-from lightning_modules.model_file import load_model_file  # noqa: E402
-from lightning_modules.stage2.jobs import average_bpp, load_eval_model, validation_loader  # noqa: E402
-from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file  # noqa: E402
-from lightning_modules.training.stage_init import resolve_model_file  # noqa: E402
-
 STAGES = ("0", "1_1", "1_2", "1_3", "2", "3")
 STAGE_OUTPUT = {"0": "vqgan.ckpt", "2": "selected_betas.yaml"}  # every other stage ends with model.pt
 HELD_OUT = ("retina", "stereo_motorcycle", "hubble_deep_field")  # not among the training sample photos
@@ -77,7 +74,7 @@ def stage2_config(runs_dir: Path, run_name: str, overrides: list[str]) -> DictCo
 
 @torch.no_grad()
 def rate_range(cfg: DictConfig) -> tuple[float, float]:
-    """The bpp range every beta_vq reaches between beta_rate 3 and 0 on stage 2's own validation crops.
+    """The bpp range every beta_vq reaches between the model's highest beta_rate and 0 on stage 2's validation crops.
 
     Builds the crops first (stage 2 then reuses them), so the targets are measured the way stage 2 measures.
     """
@@ -89,7 +86,7 @@ def rate_range(cfg: DictConfig) -> tuple[float, float]:
     )
     model, _ = load_eval_model(model_file, "cpu")
     loader = validation_loader(stage.val_set, batch_size=int(stage.search.batch_size))
-    low = max(average_bpp(model, loader, 3.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
+    low = max(average_bpp(model, loader, model.beta_range.rate_max, float(beta_vq)) for beta_vq in stage.beta_vqs)
     high = min(average_bpp(model, loader, 0.0, float(beta_vq)) for beta_vq in stage.beta_vqs)
     return low, high
 
@@ -113,10 +110,6 @@ def stage2_targets(low: float, high: float, count: int = 5) -> tuple[list[float]
     return targets, round((high - low) / 10, 6)
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
@@ -134,7 +127,7 @@ def sample_photo(name: str) -> np.ndarray:
 def write_held_out(folder: Path, size: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in HELD_OUT:
-        Image.fromarray(center_crop(sample_photo(name), size)).save(folder / f"{name}.png")
+        save_png(folder / f"{name}.png", center_crop(sample_photo(name), size))
     return folder
 
 
@@ -149,10 +142,10 @@ def reconstruction_grid(eval_dir: Path, held_out: Path, summary, path: Path) -> 
     settings = list(summary["setting"])
     fig, axes = plt.subplots(len(images), len(settings) + 1, figsize=(2.2 * (len(settings) + 1), 2.3 * len(images)))
     for row, image in enumerate(images):
-        axes[row, 0].imshow(Image.open(image))
+        axes[row, 0].imshow(read_rgb(image))
         axes[row, 0].set_title("original", fontsize=8)
         for col, setting in enumerate(settings, start=1):
-            axes[row, col].imshow(Image.open(eval_dir / "reconstructions" / setting / image.name))
+            axes[row, col].imshow(read_rgb(eval_dir / "reconstructions" / setting / image.name))
             point = summary[summary["setting"] == setting].iloc[0]
             axes[row, col].set_title(f"{setting}: {point['bpp']:.3f} bpp, {point['PSNR']:.1f} dB", fontsize=8)
     for axis in axes.flat:
@@ -180,7 +173,7 @@ def report_checks(summary) -> dict:
 
 
 def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
-    from entrypoints.evaluate import evaluate
+    from lightning_modules.evaluation.rate_distortion import evaluate
 
     report = runs_dir / run_name / "report"
     held_out = write_held_out(report / "held_out", image_size)

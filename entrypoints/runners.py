@@ -7,16 +7,19 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules.stage2.jobs import SearchSettings, resolve_device, run_selection, search_grid
 from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
+from lightning_modules.training.batch_policy import BatchPlan, plan_batches
 from lightning_modules.training.stage_init import (
     LAST_CHECKPOINT,
     MODEL_FILE,
@@ -28,6 +31,55 @@ from lightning_modules.training.system import DCVICSystem
 from lightning_modules.training.vqgan import VQGAN_FILE, export_taming_checkpoint
 
 log = logging.getLogger(__name__)
+ITERATION_KEYS = ("max_iterations", "eval_every", "save_every")  # root keys counted in iterations
+
+
+def apply_batch_policy(cfg: DictConfig, ranks: int) -> tuple[DictConfig, BatchPlan]:
+    """A copy of ``cfg`` with the per-rank ``data.batch_size`` and, when opted in, rescaled iteration counts
+    (stop, checkpoints, validation, scheduler milestones, ``module.disc_start``) or learning rates."""
+    policy = cfg.batch_policy
+    global_batch = cfg.data.get("global_batch_size")
+    plan = plan_batches(ranks, cfg.data.batch_size, global_batch, policy.reference_batch, policy.rescale)
+    resolved = copy.deepcopy(cfg)
+    with open_dict(resolved):
+        resolved.data.pop("global_batch_size", None)
+        resolved.data.batch_size = plan.per_rank
+        for key in ITERATION_KEYS:
+            resolved[key] = plan.iterations(cfg[key])
+        resolved.keep_iterations = [plan.iterations(k) for k in cfg.keep_iterations]
+        if "disc_start" in resolved.module:
+            resolved.module.disc_start = plan.iterations(cfg.module.disc_start)
+        for node in resolved.optim.values():
+            if "milestones" in node:
+                node.milestones = [plan.iterations(m) for m in node.milestones]
+            if "total_iters" in node:
+                node.total_iters = plan.iterations(node.total_iters)
+            if "lr" in node:
+                node.lr = plan.learning_rate(node.lr)
+    lrs = {name: float(node.lr) for name, node in cfg.optim.items() if "lr" in node}
+    if rank_zero_only.rank == 0:
+        log.info(plan.describe(cfg.max_iterations, lrs))
+    return resolved, plan
+
+
+def trainer_ranks(trainer: L.Trainer) -> int:
+    """Processes that each load a batch: devices per node × nodes (Lightning's DDP world size)."""
+    return trainer.num_devices * trainer.num_nodes
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    return instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
+
+
+def trainer_with_batch_policy(cfg: DictConfig) -> tuple[L.Trainer, DictConfig]:
+    """The trainer (it knows the ranks) and the config with the batch policy applied; the trainer is rebuilt
+    when iteration counts were rescaled, because its validation interval and checkpoint callback count them."""
+    trainer = build_trainer(cfg)
+    resolved, plan = apply_batch_policy(cfg, trainer_ranks(trainer))
+    if plan.rescales_iterations:
+        trainer = build_trainer(resolved)
+    return trainer, resolved
 
 
 def build_system(cfg: DictConfig) -> DCVICSystem:
@@ -65,6 +117,7 @@ def prepare_run(cfg: DictConfig) -> TrainingRun:
     if cfg.get("stage_name") is None:
         raise ValueError("no stage selected: add +stage=1_1 (or 0, 1_2, 1_3, 2, 3) to the command line")
     run_dir = Path(cfg.run_dir)
+    trainer, cfg = trainer_with_batch_policy(cfg)
     L.seed_everything(cfg.seed, workers=True)
     system = build_system(cfg)
     datamodule = instantiate(cfg.data)
@@ -74,15 +127,13 @@ def prepare_run(cfg: DictConfig) -> TrainingRun:
         log.info("resuming from %s", resume_from)
     elif cfg.init.init_from is not None:
         initialize_from_predecessor(system, **OmegaConf.to_container(cfg.init, resolve=True))
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
     return TrainingRun(run_dir, system, datamodule, trainer, resume_from)
 
 
 def train_dcvic(cfg: DictConfig) -> Path:
     """Fit one stage and export ``model.pt``; returns the run directory. Calling it again after a crash resumes."""
     run = prepare_run(cfg)
-    run.trainer.fit(run.system, datamodule=run.datamodule, ckpt_path=run.resume_from)
+    run.trainer.fit(run.system, datamodule=run.datamodule, ckpt_path=run.resume_from, weights_only=True)
     if run.trainer.is_global_zero and run.system.iteration >= run.system.max_iterations:
         source = f"dcvic stage {cfg.stage_name} ({run.run_dir}, {run.system.iteration} iterations)"
         path = export_model_file(run.system, network_architecture(cfg), run.run_dir / MODEL_FILE, source)
@@ -93,6 +144,7 @@ def train_dcvic(cfg: DictConfig) -> Path:
 def train_vqgan(cfg: DictConfig) -> Path:
     """Stage 0 from a composed ``train.yaml`` config: fit (resuming from ``last.ckpt``), export ``vqgan.ckpt``."""
     run_dir = Path(cfg.run_dir)
+    trainer, cfg = trainer_with_batch_policy(cfg)
     L.seed_everything(cfg.seed, workers=True)
     system = instantiate(
         cfg.module,
@@ -101,10 +153,9 @@ def train_vqgan(cfg: DictConfig) -> Path:
         optimizer=instantiate(cfg.optim.optimizer),
         disc_optimizer=instantiate(cfg.optim.disc_optimizer),
     )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
     last = run_dir / LAST_CHECKPOINT
-    trainer.fit(system, datamodule=instantiate(cfg.data), ckpt_path=last if last.is_file() else None)
+    resume_from = last if last.is_file() else None
+    trainer.fit(system, datamodule=instantiate(cfg.data), ckpt_path=resume_from, weights_only=True)
     path = run_dir / VQGAN_FILE
     if trainer.is_global_zero and system.iteration >= system.max_iterations:
         export_taming_checkpoint(system, path)

@@ -9,16 +9,14 @@ Writes the reference CSVs and ``<save_dir>/selected_betas.yaml``, which stage 3 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_modules.stage2.jobs import resolve_device, run_selection  # noqa: E402
+from entrypoints.preflight import exit_on_config_problems
+from lightning_modules.stage2.jobs import resolve_device, run_selection
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -26,6 +24,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="select")
 def main(cfg: DictConfig) -> None:
+    exit_on_config_problems(cfg, "select_betas.py")
     selection = run_selection(
         model_file=to_absolute_path(cfg.model_file),
         val_set=to_absolute_path(cfg.val_set),

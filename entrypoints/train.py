@@ -16,8 +16,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from entrypoints.preflight import exit_on_config_problems, fail
+from entrypoints.quiet import log_lightning_through_root
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -38,15 +38,22 @@ def quote_stage_choices(argv: list[str]) -> list[str]:
     return quoted
 
 
+NO_STAGE = "no stage selected: add +stage=1_1 (or 0, 1_2, 1_3, 2, 3) to the command line"
+
+
 def run_stage(cfg: DictConfig) -> Path:
     """Run the stage's ``runner`` (conf/stage/<S>.yaml): DC-VIC training, VQGAN training or stage-2 selection."""
     if cfg.get("stage_name") is None:
-        raise ValueError("no stage selected: add +stage=1_1 (or 0, 1_2, 1_3, 2, 3) to the command line")
+        raise ValueError(NO_STAGE)
     return instantiate(cfg.runner)(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("stage_name") is None:
+        fail("train.py", NO_STAGE)
+    exit_on_config_problems(cfg, "train.py")  # unset or missing input files: one line, before anything is built
+    log_lightning_through_root()
     run_stage(cfg)
 
 

@@ -6,26 +6,36 @@ Layout (``FORMAT = "dcvic-model"``)::
      "architecture": {build_dcvic keyword arguments},
      "state_dict": {...},                      # DCVIC.state_dict(), vq_model included
      "discriminator": {...} | None,            # BetaConditionedPatchGAN.state_dict()
-     "quality_table": {"beta_rate": [...], "beta_vq": [...]},
+     "quality_table": {"beta_rate": [...], "beta_vq": [...]} | None,
      "source": "free text: where the weights came from"}
+
+A quality table is only ever one that somebody selected for these weights: stage 2's pairs (stage 3 trains on them
+and writes them), or the pairs of a converted release. Stage 1_x files carry none (``None``): their rate per beta
+pair was never measured, so ``--quality`` on them is refused and explicit betas are asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_modules.images import atomic_path
+from lightning_modules.networks.conditioning import PAPER_BETA_RANGE, BetaRange
 from lightning_modules.networks.dcvic import DCVIC, build_dcvic
 from lightning_modules.networks.discriminator import BetaConditionedPatchGAN
 
 FORMAT = "dcvic-model"
 VERSION = 1
-RELEASED_QUALITY_TABLE = {"beta_rate": [2.29, 1.51, 1.12, 0.62, 0.16], "beta_vq": [3.0, 2.25, 2.0, 1.5, 1.0]}
+QualityTable = dict[str, list[float]]
+RELEASED_QUALITY_TABLE: QualityTable = {
+    "beta_rate": [2.29, 1.51, 1.12, 0.62, 0.16],
+    "beta_vq": [3.0, 2.25, 2.0, 1.5, 1.0],
+}
 DCVIC_DOWNLOAD_HINT = (
     "convert the authors' release (dc_vic_patchgan.pth.tar or dc_vic_oasis.pth.tar, linked from the README of "
     "github.com/iwa-shi/DC_VIC) with `python entrypoints/convert_checkpoint.py --comp-model FILE --out OUT.pt`, "
@@ -37,9 +47,17 @@ DCVIC_DOWNLOAD_HINT = (
 class ModelFile:
     architecture: dict[str, Any]
     state_dict: dict[str, Tensor]
-    quality_table: dict[str, list[float]] = field(default_factory=lambda: dict(RELEASED_QUALITY_TABLE))
+    quality_table: QualityTable | None = None
     discriminator: dict[str, Tensor] | None = None
     source: str = ""
+
+    @property
+    def beta_range(self) -> BetaRange:
+        """The architecture's beta range (files written before it was recorded there have the paper's)."""
+        return BetaRange(
+            float(self.architecture.get("beta_rate_max", PAPER_BETA_RANGE.rate_max)),
+            float(self.architecture.get("beta_vq_max", PAPER_BETA_RANGE.vq_max)),
+        )
 
     def build_model(self) -> DCVIC:
         model = build_dcvic(**self.architecture)
@@ -54,6 +72,8 @@ class ModelFile:
             ndf=self.discriminator["main.0.weight"].shape[0],
             cond_ch=self.discriminator["mlp.2.weight"].shape[0],
             fourier_freqs=(condition_features // 2 - 1) // 2,
+            beta_rate_max=self.beta_range.rate_max,
+            beta_vq_max=self.beta_range.vq_max,
         )
         disc.load_state_dict(self.discriminator, strict=True)
         return disc
@@ -75,23 +95,18 @@ def weights_fingerprint(state_dict: dict[str, Tensor]) -> bytes:
 
 def save_model_file(path: str | Path, model_file: ModelFile) -> Path:
     """Atomic write: a crash never leaves a half-written model file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "architecture": model_file.architecture,
-            "state_dict": model_file.state_dict,
-            "discriminator": model_file.discriminator,
-            "quality_table": model_file.quality_table,
-            "source": model_file.source,
-        },
-        tmp,
-    )
-    tmp.replace(path)
-    return path
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": model_file.architecture,
+        "state_dict": model_file.state_dict,
+        "discriminator": model_file.discriminator,
+        "quality_table": model_file.quality_table,
+        "source": model_file.source,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def load_model_file(path: str | Path) -> ModelFile:
@@ -108,7 +123,7 @@ def load_model_file(path: str | Path) -> ModelFile:
         return ModelFile(
             architecture=dict(data["architecture"]),
             state_dict=data["state_dict"],
-            quality_table=dict(data["quality_table"]),
+            quality_table=None if data.get("quality_table") is None else dict(data["quality_table"]),
             discriminator=data.get("discriminator"),
             source=data.get("source", ""),
         )

@@ -7,12 +7,14 @@ from a configurable path instead, so an offline machine either works or fails wi
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.image.lpips import _NoTrainLpips
+
+log = logging.getLogger(__name__)
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_HINT = (
@@ -45,11 +47,12 @@ def alexnet_backbone_state(path: str | Path) -> dict[str, Tensor]:
 def build_lpips(backbone_weights: str | None, spatial: bool = False) -> nn.Module:
     """LPIPS(net='alex', version 0.1) taking images in [-1, 1]; always in eval mode, all weights frozen.
 
-    ``backbone_weights=None`` keeps a *random* AlexNet (CPU demos and tests only; a warning says so).
+    ``backbone_weights=None`` keeps a *random* AlexNet (CPU demos and tests only, chosen by ``paths=cpu_demo``;
+    a log line says so).
     """
     lpips = _NoTrainLpips(net="alex", pretrained=True, pnet_rand=True, spatial=spatial)
     if backbone_weights is None:
-        warnings.warn("LPIPS uses a RANDOM AlexNet backbone (paths.alexnet_weights is null)", stacklevel=2)
+        log.info("LPIPS uses a random AlexNet backbone (paths.alexnet_weights is null: CPU demos and tests only)")
     else:
         result = lpips.load_state_dict(alexnet_backbone_state(backbone_weights), strict=False)
         if result.unexpected_keys:

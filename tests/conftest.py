@@ -54,3 +54,12 @@ def load_vector(golden: Path, entry: dict) -> np.ndarray:
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_dcvic(**TINY_ARCHITECTURE)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the goldens were made so, and the codec's entropy path always runs so (bit-exactness)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -80,14 +80,14 @@ def test_insane_header_values_are_refused_even_with_a_valid_checksum() -> None:
         dict(height=0),
         dict(width=1 << 31, height=1 << 31),
         dict(beta_rate=float("nan")),
-        dict(beta_vq=9.0),
+        dict(beta_vq=-1.0),
     ):
         with pytest.raises(BitstreamError, match="corrupt header"):
             Container.from_bytes(sample(**fields).to_bytes())
 
 
 def test_legacy_reader_matches_the_spec_probe() -> None:
-    """Spec §6.4: ``06 00 00 00 | C8 00 2C 01 01 02`` is H=200, W=300, max|ŷ|=1, q=2 (little-endian)."""
+    """design §6.4: ``06 00 00 00 | C8 00 2C 01 01 02`` is H=200, W=300, max|ŷ|=1, q=2 (little-endian)."""
     data = bytes.fromhex("06000000 C8002C01 0102") + struct.pack("<I", 3) + b"zzz" + struct.pack("<I", 2) + b"yy"
     legacy = read_legacy(data)
     assert (legacy.height, legacy.width, legacy.max_abs_y_hat, legacy.quality_index) == (200, 300, 1, 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -12,8 +14,11 @@ from lightning_modules.conversion import (
     rename_key,
 )
 from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
+from lightning_modules.networks.conditioning import PAPER_BETA_RANGE, BetaRange
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.networks.vqgan import FrozenVQGAN, load_vqgan
+from lightning_modules.training.beta_sampling import NoBetaSampler, SelectedBetaSampler, UniformBetaSampler
+from lightning_modules.training.stage_init import export_model_file
 from tests.support.weight_fill import filled_comp_model_state_dict
 
 
@@ -120,3 +125,25 @@ def test_build_dcvic_loads_vqgan_checkpoint(tmp_path):
     torch.save({"state_dict": vqgan.state_dict()}, tmp_path / "v.ckpt")
     model = build_dcvic(vqgan_checkpoint=str(tmp_path / "v.ckpt"), **TINY_ARCHITECTURE)
     assert torch.equal(model.vq_model.quantize.embedding.weight, vqgan.quantize.embedding.weight)
+
+
+def test_only_selected_pairs_become_a_quality_table(tmp_path):
+    """Stage 1_x exports carry no table (nothing was selected for them); stage 3's carries the pairs it trained on."""
+    network = build_dcvic(**TINY_ARCHITECTURE)
+    for sampler in (NoBetaSampler(), UniformBetaSampler()):
+        path = export_model_file(
+            SimpleNamespace(network=network, betas=sampler), TINY_ARCHITECTURE, tmp_path / "a.pt", ""
+        )
+        assert load_model_file(path).quality_table is None
+    selected = SelectedBetaSampler([1.5, 0.5], [3.0, 1.0])
+    path = export_model_file(SimpleNamespace(network=network, betas=selected), TINY_ARCHITECTURE, tmp_path / "b.pt", "")
+    assert load_model_file(path).quality_table == {"beta_rate": [1.5, 0.5], "beta_vq": [3.0, 1.0]}
+
+
+def test_the_beta_range_is_recorded_and_old_files_get_the_papers(tmp_path):
+    wide = {**TINY_ARCHITECTURE, "beta_rate_max": 4.0, "beta_vq_max": 4.5}
+    path = save_model_file(tmp_path / "wide.pt", ModelFile(wide, build_dcvic(**wide).state_dict()))
+    loaded = load_model_file(path)
+    assert loaded.beta_range == loaded.build_model().beta_range == BetaRange(4.0, 4.5)
+    old = ModelFile(TINY_ARCHITECTURE, build_dcvic(**TINY_ARCHITECTURE).state_dict())  # no beta_*_max recorded
+    assert old.beta_range == old.build_model().beta_range == PAPER_BETA_RANGE

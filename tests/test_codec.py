@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -13,17 +14,18 @@ import torch
 
 from lightning_modules.codec.container import (
     EXPLICIT_BETAS,
+    BitstreamError,
     Container,
     ModelMismatchError,
     write_legacy,
 )
 from lightning_modules.codec.image_codec import (
     DCVICCodec,
-    image_to_tensor,
     resolve_conditioning,
-    tensor_to_image,
 )
+from lightning_modules.images import image_to_tensor, tensor_to_image
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
+from lightning_modules.networks.conditioning import PAPER_BETA_RANGE
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from tests.support.codec_models import MICRO_ARCHITECTURE, photo, seeded_model, write_model_file
@@ -34,15 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def codec() -> DCVICCodec:
     return DCVICCodec(seeded_model(TINY_ARCHITECTURE), RELEASED_QUALITY_TABLE)
-
-
-@pytest.fixture
-def one_thread():
-    """The codec's entropy path always runs on one thread; the forward pass must too to match it bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def forward_x_hat(codec: DCVICCodec, x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -87,9 +80,27 @@ def test_conditioning_is_validated() -> None:
     with pytest.raises(ValueError, match="not both"):
         resolve_conditioning(table, 1, beta_rate=1.0)
     with pytest.raises(ValueError, match="beta_vq must lie"):
-        resolve_conditioning(table, beta_rate=1.0, beta_vq=4.0)
+        resolve_conditioning(table, beta_rate=1.0, beta_vq=4.0, beta_range=PAPER_BETA_RANGE)
     with pytest.raises(ValueError, match="give a quality index"):
         resolve_conditioning(table)
+    with pytest.raises(ValueError, match="no quality table"):
+        resolve_conditioning(None, 0)
+    assert resolve_conditioning(None, beta_rate=1.0, beta_vq=2.0).quality_index is None
+
+
+def test_the_codec_takes_the_beta_range_from_the_model(codec: DCVICCodec) -> None:
+    """A model built for wider betas codes them; the paper-range model refuses them, before and after coding."""
+    wide = DCVICCodec(seeded_model({**TINY_ARCHITECTURE, "beta_rate_max": 4.0, "beta_vq_max": 5.0}), None)
+    assert (wide.beta_range.rate_max, wide.beta_range.vq_max) == (4.0, 5.0)
+    x = image_to_tensor(photo("coffee", 32, 32))
+    outside = resolve_conditioning(None, beta_rate=3.75, beta_vq=4.5, beta_range=wide.beta_range)
+    container, code = wide.compress(x, outside)
+    assert torch.equal(wide.decode_container(Container.from_bytes(container.to_bytes()))[1], code.y_hat)
+    with pytest.raises(ValueError, match="beta_rate must lie in \\[0, 3.0\\]"):
+        codec.compress(x, outside)
+    forged = dataclasses.replace(container, fingerprint=codec.fingerprint)
+    with pytest.raises(BitstreamError, match="outside this model's"):
+        codec.decode_container(Container.from_bytes(forged.to_bytes()))
 
 
 def test_foreign_model_is_refused(codec: DCVICCodec) -> None:
@@ -133,7 +144,8 @@ def test_wide_short_image_round_trips_through_tiled_decoding() -> None:
 _COMPRESS_SCRIPT = """
 import sys, torch
 from lightning_modules.model_file import load_model_file
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+from lightning_modules.images import image_to_tensor
 from tests.support.codec_models import photo
 torch.set_num_threads(int(sys.argv[3]))
 codec = DCVICCodec.from_model_file(load_model_file(sys.argv[1]))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lightning_modules.codec.container import read_legacy, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, tensor_to_image
+from lightning_modules.codec.image_codec import DCVICCodec
+from lightning_modules.images import tensor_to_image
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from tests.conftest import load_vector
 

@@ -10,7 +10,8 @@ from PIL import Image
 from taming.modules.diffusionmodules.model import AttnBlock, ResnetBlock
 
 from lightning_modules.codec.container import Container
-from lightning_modules.codec.image_codec import DCVICCodec, fast_dtype, image_to_tensor, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, fast_dtype, resolve_conditioning
+from lightning_modules.images import image_to_tensor
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE
 from lightning_modules.networks.fusion import VqDecoderFusion
 from lightning_modules.networks.latent_codec import entropy_parameter_context

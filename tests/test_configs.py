@@ -1,21 +1,31 @@
-"""Every stage composes with every network / data choice; required paths fail at compose time."""
+"""Every stage composes with every network / data choice; required paths fail at compose time; each setting that
+several configs share (the beta ranges, the stage-2 grid) has one source that every user sees."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from entrypoints.rate_search import sweep_values
+from entrypoints.runners import build_system
 from entrypoints.train import CONFIG_DIR, quote_stage_choices
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE
+from lightning_modules.networks.conditioning import BetaRange
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
 from lightning_modules.training.beta_sampling import SelectedBetaSampler, load_selected_betas
 
-STAGES = ["1_1", "1_2", "1_3", "3"]
+STAGES = ["0", "1_1", "1_2", "1_3", "2", "3"]
+RUNNERS = {"0": "train_vqgan", "2": "run_stage2"}  # every other stage: train_dcvic
+VQGAN_OF_SIZE = {"full": "vqgan_f8_n256", "tiny": "vqgan_tiny"}  # stage 0 trains the VQGAN of network=<size>
 MISSING = (MissingMandatoryValue, InterpolationToMissingValueError)
+GRID_FILE = Path(CONFIG_DIR) / "stage2_grid" / "paper.yaml"
 
 
 def compose_train(*overrides: str):
@@ -24,19 +34,34 @@ def compose_train(*overrides: str):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("network", ["full", "tiny"])
+@pytest.mark.parametrize("size", ["full", "tiny"])
 @pytest.mark.parametrize("data", ["openimage", "kodak", "folder", "sample"])
-def test_every_stage_composes(stage: str, network: str, data: str) -> None:
+def test_every_stage_composes(stage: str, size: str, data: str) -> None:
+    network = VQGAN_OF_SIZE[size] if stage == "0" else size
     cfg = compose_train(f"+stage={stage}", f"network={network}", f"data={data}")
     assert cfg.stage_name == stage
+    assert cfg.runner._target_ == f"entrypoints.runners.{RUNNERS.get(stage, 'train_dcvic')}"
     assert cfg.run_dir.endswith(f"dcvic/stage_{stage}")
     assert cfg.hydra.run.dir == cfg.run_dir
-    assert cfg.network.dual_conditioned == (stage != "1_1")
-    assert bool(cfg.discriminator) == (stage in ("1_3", "3"))
+    if stage == "0":
+        assert cfg.network._target_.endswith("TrainableVQGAN") and not {"betas", "loss"} & set(cfg)
+        assert cfg.discriminator._target_.endswith("build_patch_discriminator")
+    elif stage == "2":
+        assert cfg.stage2.model_file.endswith("dcvic/stage_1_3") and "module" not in cfg and "optim" not in cfg
+    else:
+        assert cfg.network.dual_conditioned == (stage != "1_1")
+        assert bool(cfg.discriminator) == (stage in ("1_3", "3"))
+
+
+def test_stage_2_composes_only_what_it_uses() -> None:
+    cfg = compose_train("+stage=2", "paths.openimage_root=/data/openimages")
+    unused = {"network", "data", "loss", "betas", "module", "optim", "discriminator"}
+    assert not {key for key in unused if cfg.get(key) is not None}
+    assert cfg.stage2.images == "/data/openimages/validation" and cfg.stage2.search.method == "illinois"
 
 
 def test_stage_specific_settings() -> None:
-    s11, s12, s13, s3 = (compose_train(f"+stage={s}") for s in STAGES)
+    s11, s12, s13, s3 = (compose_train(f"+stage={s}") for s in ("1_1", "1_2", "1_3", "3"))
     assert s11.optim.scheduler.total_iters == 50000 and s11.optim.scheduler.start_factor == 0.1
     assert list(s12.optim.scheduler.milestones) == [300000] and s12.loss.exp_beta_weighting
     assert s12.init.init_from.endswith("dcvic/stage_1_1") and "decoder.init_fuse.*" in s12.init.allowed_missing
@@ -86,3 +111,43 @@ def test_stage_3_accepts_a_betas_file(tmp_path: Path) -> None:
     table.write_text("beta_rate: [2.0]\n")
     with pytest.raises(ValueError, match="beta_vq"):
         load_selected_betas(str(table))
+
+
+def test_a_beta_range_set_in_the_network_config_reaches_every_user() -> None:
+    """network.beta_*_max is the one source: samplers, discriminator and networks all follow it."""
+    cfg = compose_train(
+        "+stage=1_3", "network=tiny", "data=sample", "network.beta_rate_max=4.0", "network.beta_vq_max=5.0"
+    )
+    assert (cfg.betas.beta_rate_max, cfg.betas.beta_vq_max) == (4.0, 5.0)
+    assert (cfg.discriminator.beta_rate_max, cfg.discriminator.beta_vq_max) == (4.0, 5.0)
+    system = build_system(cfg)
+    wide = BetaRange(4.0, 5.0)
+    assert system.network.beta_range == wide
+    assert system.network.encoder.mlp.beta_range == system.network.decoder.mlp.beta_range == wide
+    assert system.discriminator.mlp.beta_range == wide
+    assert system.betas.validation_settings()["rate_max_vq_max"] == (4.0, 5.0)
+    beta_rate, beta_vq = torch.tensor([4.0, 3.6]), torch.tensor([5.0, 4.1])  # beyond the paper's 3.0 / 3.5
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = system.forward_train(x, beta_rate, beta_vq)
+    fake_logits = system.discriminator(out.x_hat, beta_rate, beta_vq)
+    system.loss(x, out, beta_rate, beta_vq, fake_logits)["loss"].backward()
+    assert system.network.decoder.mlp[0].weight.grad.abs().sum() > 0
+    selected = compose_train("+stage=3", "betas=selected", "network.beta_rate_max=2.0")  # the released 2.29 is out
+    with pytest.raises(InstantiationException, match=r"outside the network's \[0, 2.0\]"):
+        instantiate(selected.betas)
+
+
+def test_the_stage_2_grid_has_one_source() -> None:
+    """+stage=2, rate_search.py's sweep and select_betas.py all read conf/stage2_grid/paper.yaml."""
+    grid = OmegaConf.load(GRID_FILE)
+    assert len(grid.beta_vqs) == 14 and len(grid.targets_bpp) == 5
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        search = compose("search", overrides=["model_file=m", "val_set=v"], return_hydra_config=True)
+        select = compose("select", overrides=["model_file=m", "val_set=v"])
+    stage2 = compose_train("+stage=2").stage2
+    assert list(stage2.beta_vqs) == list(select.beta_vqs) == list(grid.beta_vqs)
+    assert list(stage2.targets_bpp) == list(select.targets_bpp) == list(grid.targets_bpp)
+    assert search.hydra.sweeper.params.beta_vq == sweep_values(grid.beta_vqs)
+    assert search.hydra.sweeper.params.target_bpp == sweep_values(grid.targets_bpp)
+    for text in (p.read_text() for p in Path(CONFIG_DIR).rglob("*.yaml") if p != GRID_FILE):
+        assert "3.25" not in text and "0.075" not in text, "a copy of the grid outside conf/stage2_grid/"

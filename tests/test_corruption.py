@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from lightning_modules.codec.container import BitstreamError, read_legacy, write_legacy
-from lightning_modules.codec.image_codec import DCVICCodec, image_to_tensor, resolve_conditioning
+from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning
+from lightning_modules.images import image_to_tensor
 from lightning_modules.model_file import load_model_file
 from tests.support.codec_models import photo, write_model_file
 

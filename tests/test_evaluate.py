@@ -20,13 +20,15 @@ from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import entrypoints.evaluate as evaluate_module
-from entrypoints.calc_metrics import calc_metrics
+import lightning_modules.evaluation.rate_distortion as evaluate_module
 from entrypoints.calc_metrics import main as calc_metrics_main
-from entrypoints.evaluate import CONFIG_DIR, REFERENCE_COLUMNS, evaluate, load_rgb
+from entrypoints.evaluate import CONFIG_DIR
 from lightning_modules.codec.image_codec import DCVICCodec
-from lightning_modules.evaluation.metrics import MetricSuite, psnr_per_image, to_uint8
-from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
+from lightning_modules.evaluation.folder_metrics import calc_metrics
+from lightning_modules.evaluation.metrics import MetricSuite, psnr_per_image
+from lightning_modules.evaluation.rate_distortion import REFERENCE_COLUMNS, evaluate, make_settings, read_image
+from lightning_modules.images import to_uint8
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
 from lightning_modules.perceptual import ALEXNET_FILE
 from tests.support.metric_backbones import small_metric_suite, write_random_alexnet
@@ -45,7 +47,8 @@ def save_photo(folder: Path, name: str, array: np.ndarray) -> Path:
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     state = build_dcvic(**TINY_ARCHITECTURE).state_dict()
-    return save_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", ModelFile(TINY_ARCHITECTURE, state))
+    model = ModelFile(TINY_ARCHITECTURE, state, quality_table=RELEASED_QUALITY_TABLE)  # as a converted release
+    return save_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", model)
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +105,14 @@ def test_bpp_is_the_real_file_size_and_the_files_decode_to_the_scored_pngs(evalu
         bitstream = out / "bitstreams" / row["setting"] / f"{stem}.dcvic"
         assert row["bytes"] == bitstream.stat().st_size
         assert row["bpp"] == pytest.approx(8 * bitstream.stat().st_size / (row["height"] * row["width"]))
-        reconstruction = load_rgb(out / "reconstructions" / row["setting"] / f"{stem}.png")
-        original = load_rgb(photos / row["image"])
+        reconstruction = read_image(out / "reconstructions" / row["setting"] / f"{stem}.png")
+        original = read_image(photos / row["image"])
         assert row["PSNR"] == pytest.approx(psnr_per_image(reconstruction, original).item(), abs=1e-5)
         assert np.isfinite([row["PSNR_rounded"], row["LPIPS"], row["DISTS"], row["estimated_bpp"]]).all()
     codec = DCVICCodec.from_model_file(load_model_file(model_file))  # one file decoded again, independently
     bitstream = out / "bitstreams" / "br1.000_bv2.000" / "coffee.dcvic"
     decoded = to_uint8(codec.decompress(bitstream.read_bytes())[0])
-    assert torch.equal(decoded, load_rgb(out / "reconstructions" / "br1.000_bv2.000" / "coffee.png"))
+    assert torch.equal(decoded, read_image(out / "reconstructions" / "br1.000_bv2.000" / "coffee.png"))
 
 
 def test_summary_values_are_means_over_images(evaluated) -> None:
@@ -150,6 +153,23 @@ def test_a_corrupt_image_stops_with_its_name_and_keeps_finished_rows(model_file,
     with pytest.raises(ValueError, match="b_broken.png"):
         evaluate(model_file, folder, tmp_path / "out", suite, qualities=[2])
     assert pd.read_csv(tmp_path / "out" / "per_image.csv")["image"].tolist() == ["a_good.png"]
+
+
+def test_a_failure_mid_write_leaves_no_bitstream_that_looks_finished(model_file, tmp_path, monkeypatch) -> None:
+    codec = DCVICCodec.from_model_file(load_model_file(model_file))
+    (setting,) = make_settings(codec.quality_table, [0], [])
+    original = torch.from_numpy(skimage.data.coffee()[100:132, 300:348]).permute(2, 0, 1).contiguous()
+    write_bytes = Path.write_bytes
+
+    def disk_full(self: Path, data: bytes) -> int:
+        write_bytes(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    bitstream = tmp_path / "bitstreams" / "q0" / "coffee.dcvic"
+    with pytest.raises(OSError, match="No space left"):
+        evaluate_module.code_image(codec, original, setting, bitstream)
+    assert list(bitstream.parent.iterdir()) == []  # neither a half bitstream nor a temporary file
 
 
 def test_bad_arguments_fail_before_any_coding(model_file, photos, suite, tmp_path) -> None:
@@ -199,7 +219,7 @@ def test_calc_metrics_over_two_folders(two_folders, suite) -> None:
     per_image = pd.read_csv(fakes / "_per_image_metrics.csv")
     expected_bpp = [8 * 1000 / (h * w) for h, w in zip(per_image["height"], per_image["width"], strict=True)]
     assert per_image["bpp"].tolist() == pytest.approx(expected_bpp)
-    psnrs = [psnr_per_image(load_rgb(fakes / n), load_rgb(originals / n)).item() for n in per_image["image"]]
+    psnrs = [psnr_per_image(read_image(fakes / n), read_image(originals / n)).item() for n in per_image["image"]]
     assert result["PSNR"] == pytest.approx(np.mean(psnrs), abs=1e-5)
     assert np.isfinite([result[k] for k in ("bpp", "LPIPS", "DISTS", "FID", "KID", "MS-SSIM")]).all()
 

@@ -18,8 +18,10 @@ from tests.conftest import load_vector
 FLOAT_ATOL = 1e-4
 # y_hat is round(y − μ) + μ + LRP: the integer symbols must match exactly; the float part depends on which
 # oneDNN convolution kernel the CPU model selects (the goldens came from an Intel Xeon; a different CPU picks a
-# different blocking and changes the last bit of some LRP outputs). Measured here: ≤ 2.4e-7.
-Y_HAT_ATOL = 1e-6
+# different blocking and changes the last bit of some LRP outputs). Measured: ≤ 2.4e-7 on one AMD EPYC, 1.25e-6
+# on another (astro_c256-q2, the same with the code before this session's changes): a few float32 ulps of |y_hat|
+# ≈ 10, far below the 0.5 that would change a symbol, which the integer check above catches anyway.
+Y_HAT_ATOL = 5e-6
 
 
 def _cases(index: dict, fast: bool) -> list[tuple[str, str]]:
@@ -50,12 +52,7 @@ ALL_CASES = _case_params(fast=False)
 FAST_CASES = _case_params(fast=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Case:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from lightning_modules.evaluation import metrics
 from lightning_modules.evaluation.metrics import (
     INCEPTION_FILE,
+    MS_SSIM_MIN_SIDE,
     VGG16_FILE,
     MetricSuite,
     PatchDistributionMetrics,
@@ -22,14 +24,20 @@ from lightning_modules.evaluation.metrics import (
     build_inception,
     build_lpips_metric,
     count_hific_patches,
-    from_uint8,
     hific_patches,
     ms_ssim_per_image,
     psnr_per_image,
-    to_uint8,
 )
+from lightning_modules.images import from_uint8, to_uint8, to_uint8_rounded
 from lightning_modules.perceptual import ALEXNET_FILE
-from tests.support.metric_backbones import SmallPatchFeatures, small_dists, small_metric_suite, write_random_alexnet
+from lightning_modules.training.validation_metrics import validation_metrics
+from tests.support.metric_backbones import (
+    SmallPatchFeatures,
+    small_dists,
+    small_metric_suite,
+    write_random_alexnet,
+    write_random_fid_inception,
+)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -84,9 +92,9 @@ def test_psnr_of_a_batch_is_per_image() -> None:
 def test_to_uint8_truncates_like_the_reference_and_rounds_when_asked() -> None:
     x = torch.tensor([2.7, 3.0, 254.6]) / 255 * 2 - 1  # (x + 1) / 2 * 255 = 2.7, 3.0, 254.6
     assert to_uint8(x).tolist()[0] == 2 and to_uint8(x).tolist()[2] == 254
-    assert to_uint8(x, rounding=True).tolist() == [3, 3, 255]
+    assert to_uint8_rounded(x).tolist() == [3, 3, 255]
     every_level = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(to_uint8(from_uint8(every_level), rounding=True), every_level)
+    assert torch.equal(to_uint8_rounded(from_uint8(every_level)), every_level)
     assert (every_level.int() - to_uint8(from_uint8(every_level)).int()).abs().max() <= 1
 
 
@@ -94,7 +102,7 @@ def test_truncated_and_rounded_psnr_differ_on_model_outputs() -> None:
     original = photo("coffee")[:, :160, :160]
     x_hat = from_uint8(original) - 0.6 / 255  # a model output 0.3 levels below the original
     truncated = psnr_per_image(to_uint8(x_hat), original).item()
-    rounded = psnr_per_image(to_uint8(x_hat, rounding=True), original).item()
+    rounded = psnr_per_image(to_uint8_rounded(x_hat), original).item()
     assert rounded == math.inf  # rounding recovers every level
     assert truncated == pytest.approx(20 * math.log10(255), abs=0.05)  # truncation is off by one level
 
@@ -113,6 +121,27 @@ def test_ms_ssim_on_photos_and_nan_below_its_minimum_size() -> None:
     mild, strong = (ms_ssim_per_image(distort(original, s), original).item() for s in (5.0, 40.0))
     assert 1.0 > mild > strong > 0.0
     assert math.isnan(ms_ssim_per_image(original[:, :128, :128], original[:, :128, :128]).item())
+
+
+@pytest.mark.parametrize("side", [MS_SSIM_MIN_SIDE - 1, MS_SSIM_MIN_SIDE])
+def test_training_validation_and_evaluation_share_the_ms_ssim_minimum(side: int) -> None:
+    """One constant, and the right one: 175 px is refused by torchmetrics, 176 px is scored by both users."""
+    assert MS_SSIM_MIN_SIDE == 176
+    original = photo("rocket")[:, 100 : 100 + side, 200 : 200 + side]
+    x, x_hat = from_uint8(original)[None], from_uint8(distort(original, 5.0))[None]
+    zeros = torch.zeros(1, 4, 2, 2)
+    out = SimpleNamespace(  # the parts of a DCVICOutput that validation_metrics reads
+        x_hat=x_hat,
+        bpp=lambda: torch.tensor(0.1),
+        vq_accuracy=lambda: torch.tensor(1.0),
+        synthesis=SimpleNamespace(out_vq_latent=zeros),
+        vq=SimpleNamespace(latent=zeros),
+    )
+    training = validation_metrics(x, out)
+    evaluation = ms_ssim_per_image(to_uint8(x_hat), to_uint8(x)).item()  # both score truncated 8-bit values
+    assert ("ms_ssim" in training) == (side >= MS_SSIM_MIN_SIDE) == math.isfinite(evaluation)
+    if "ms_ssim" in training:
+        assert training["ms_ssim"].item() == pytest.approx(evaluation, abs=1e-5)
 
 
 # --- HiFiC patch protocol ---------------------------------------------------------------------------------
@@ -240,20 +269,12 @@ def test_build_metric_suite_respects_switches() -> None:
 
 
 @pytest.mark.slow
-def test_real_inception_path_with_random_weights(tmp_path, monkeypatch) -> None:
+def test_real_inception_path_with_random_weights(tmp_path) -> None:
     """torch-fidelity's Inception built by build_inception from a weights file (random here) feeds FID/KID."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    with monkeypatch.context() as patch:  # only to learn the architecture's keys and shapes
-        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        random_state = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], str(empty)).state_dict()
-    weights = tmp_path / INCEPTION_FILE
-    torch.save(random_state, weights)
+    weights = write_random_fid_inception(tmp_path / INCEPTION_FILE)  # torch-fidelity's file has the same layout
     distribution = PatchDistributionMetrics(build_inception(weights), min_images=2, kid_subset_size=4)
     for name in PHOTOS:
         distribution.update(distort(photo(name), 30.0), photo(name))
     result = distribution.compute()
-    assert distribution.fid.real_features_sum.shape == (2048,)
+    assert torch.cat(distribution.real_features).shape == (13, 2048)
     assert np.isfinite([result["FID"], result["KID"]]).all()

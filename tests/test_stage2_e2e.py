@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from skimage import data
 
+from entrypoints.rate_search import sweep_values  # importing it registers the ${sweep:…} resolver of search.yaml
 from entrypoints.runners import run_stage2
 from lightning_modules.evaluation.metrics import PatchDistributionMetrics
 from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
@@ -265,6 +266,7 @@ def test_search_and_select_configs_compose():
     assert settings == SearchSettings(method="bisect", num_workers=4, device="auto")
     grid = {key: value.split(",") for key, value in search.hydra.sweeper.params.items()}
     assert len(grid["beta_vq"]) * len(grid["target_bpp"]) == 14 * 5
+    assert grid["beta_vq"] == sweep_values(select.beta_vqs).split(",")
     assert search.hydra.launcher._target_.endswith("JoblibLauncher")
     assert select.search_dir == "/o/search" and select.alpha == 2.0
 

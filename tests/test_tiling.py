@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lightning_modules.codec.image_codec import image_to_tensor
+from lightning_modules.images import image_to_tensor
 from lightning_modules.networks.tiling import (
     REFERENCE_VQ_GRID,
     TiledStageCost,
@@ -38,7 +38,7 @@ def test_tile_starts_follow_the_spec(size: int, tile: int, stride: int, expected
 
 
 def test_keep_ranges_use_the_reference_bands() -> None:
-    # Spec §6.6a with Wp = 1152: l = x0 + 128 (0 first), r = x0 + 384 (Wp last).
+    # design §6.6a with Wp = 1152: l = x0 + 128 (0 first), r = x0 + 384 (Wp last).
     assert keep_ranges(1152, 512, 256) == [(0, 0, 384), (256, 384, 640), (512, 640, 896), (640, 768, 1152)]
 
 

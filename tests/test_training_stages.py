@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from entrypoints.runners import TrainingRun, network_architecture, prepare_run
-from entrypoints.train import CONFIG_DIR, quote_stage_choices
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, load_model_file
 from lightning_modules.training.stage_init import LAST_CHECKPOINT, MODEL_FILE, export_model_file
+from tests.support.configs import compose_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 ITERATIONS = 2
@@ -35,8 +34,7 @@ def stage_config(stage: str, runs_dir: Path, *extra: str):
         "callbacks.progress=null",
         *extra,
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=quote_stage_choices(overrides))
+    return compose_train(overrides)
 
 
 def parameters(run: TrainingRun) -> dict[str, torch.Tensor]:

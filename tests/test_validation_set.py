@@ -12,13 +12,9 @@ import torch
 from PIL import Image
 from skimage import data
 
+from lightning_modules.images import image_to_tensor
 from lightning_modules.networks.vqgan import FrozenVQGAN
-from lightning_modules.stage2.validation_set import (
-    CachedVQDataset,
-    build_validation_set,
-    image_to_tensor,
-    iter_crop_plans,
-)
+from lightning_modules.stage2.validation_set import CachedVQDataset, build_validation_set, iter_crop_plans
 
 CROP = 64
 
@@ -68,7 +64,7 @@ def test_builds_crops_with_their_vq_indices(image_dir: Path, tmp_path: Path, tok
         cached = np.load(tmp_path / "set" / f"{row.name}.npy")
         assert cached.dtype == np.uint8 and cached.shape == (CROP // 8, CROP // 8)
         with torch.no_grad():
-            fresh = tokenizer.encode(image_to_tensor(png).unsqueeze(0)).indices[0]
+            fresh = tokenizer.encode(image_to_tensor(png)).indices[0]
         np.testing.assert_array_equal(cached, fresh.numpy())
 
 

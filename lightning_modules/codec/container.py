@@ -26,8 +26,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
-
 MAGIC = b"DCVC"
 FORMAT_VERSION = 1
 EXPLICIT_BETAS = 255
@@ -114,11 +112,31 @@ def _read_prefixed(data: bytes, offset: int, name: str) -> tuple[bytes, int]:
     return data[start : start + length], start + length
 
 
+def read_image_size(data: bytes, legacy: bool = False) -> tuple[int, int] | None:
+    """``(height, width)`` from the header alone, unverified; ``None`` where the header is unreadable.
+
+    Lets the ``dcvic`` command refuse a decompression bomb before it loads torch and a model (this module
+    imports nothing heavy at import time); the full parse still checks everything.
+    """
+    if legacy:
+        if (
+            len(data) < _LEGACY_LENGTH.size + _LEGACY_HEADER.size
+            or _LEGACY_LENGTH.unpack_from(data)[0] != _LEGACY_HEADER.size
+        ):
+            return None
+        return _LEGACY_HEADER.unpack_from(data, _LEGACY_LENGTH.size)[:2]
+    if len(data) < _HEADER.size or data[: len(MAGIC)] != MAGIC or data[len(MAGIC)] != FORMAT_VERSION:
+        return None
+    return _HEADER.unpack_from(data)[3:5]
+
+
 def _check_header(height: int, width: int, beta_rate: float, beta_vq: float) -> None:
+    # imported here, not at the top: the container stays torch-free (see read_image_size)
+
     if not (height and width) or height * width > MAX_PIXELS:
         raise BitstreamError(f"corrupt header: image size {height}x{width}")
-    for name, value, high in (("beta_rate", beta_rate, BETA_RATE_MAX), ("beta_vq", beta_vq, BETA_VQ_MAX)):
-        if not (math.isfinite(value) and 0 <= value <= high):
+    for name, value in (("beta_rate", beta_rate), ("beta_vq", beta_vq)):  # the model checks its own upper bounds
+        if not (math.isfinite(value) and value >= 0):
             raise BitstreamError(f"corrupt header: {name} = {value}")
 
 

@@ -7,9 +7,11 @@
     y ─model.latent_codec.compress─ (z_string, y_string) ─ model.latent_codec.decompress─ ŷ
                                                              ŷ ─synthesis (tiled >1024)─ crop ─ clamp ─ x̂
 
-This module owns the image side (padding, tiling, the container and its identity checks). The entropy path
-(:mod:`lightning_modules.networks.latent_codec`) runs on the CPU in float32 with one thread on *both* sides, so
-decompress rebuilds exactly the ``ŷ`` compress used, on any machine.
+This module owns the image side (padding, tiling, the container and its identity checks). A
+:class:`PreparedImage` (padded, VQGAN-encoded) is shared by every beta pair, which per-image rate control
+(:mod:`.rate_control`) relies on. The entropy path (:mod:`lightning_modules.networks.latent_codec`) runs on the
+CPU in float32 with one thread on *both* sides, so decompress rebuilds exactly the ``ŷ`` compress used, on any
+machine.
 
 How the image networks run is the codec's choice and never changes the file format (design §6.1):
 
@@ -47,16 +49,21 @@ from lightning_modules.codec.container import (
     ModelMismatchError,
     read_legacy,
 )
-from lightning_modules.model_file import ModelFile, weights_fingerprint
-from lightning_modules.networks.conditioning import BETA_RATE_MAX, BETA_VQ_MAX
+from lightning_modules.codec.limits import DEFAULT_MAX_PIXELS, AvailableMemory, check_memory, check_pixel_limit
+from lightning_modules.model_file import ModelFile, QualityTable, weights_fingerprint
+from lightning_modules.networks.conditioning import BetaRange
 from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
 from lightning_modules.networks.entropy_models import entropy_bottleneck_124
 from lightning_modules.networks.latent_codec import LatentCode
 from lightning_modules.networks.tiling import REFERENCE_VQ_GRID, REFERENCE_Y_GRID, TileGrid, fitted_grid, needs_tiling
+from lightning_modules.networks.vqgan import VQEncoding
 
 CPU = torch.device("cpu")
 TILING_RULES = ("fitted", "reference")
 DEFAULT_MEMORY_BUDGET_GB = 8.0
+DECODE_MEMORY_MARGIN, DECODE_MEMORY_OVERHEAD = 1.2, 64 * 2**20
+"""On top of the estimated peak: allocator fragmentation and library workspaces. With them the estimate is
+1.15–1.7× the measured peak RSS of the tiny and full networks, tiled or not (``benchmarks/decode_memory.py``)."""
 
 
 @dataclass(frozen=True)
@@ -72,24 +79,30 @@ class Conditioning:
 
 
 def resolve_conditioning(
-    quality_table: dict[str, list[float]],
+    quality_table: QualityTable | None,
     quality: int | None = None,
     beta_rate: float | None = None,
     beta_vq: float | None = None,
+    beta_range: BetaRange | None = None,
 ) -> Conditioning:
-    """A quality index of the model's table, or an explicit pair (rounded to float32, as transmitted)."""
+    """A quality index of the model's table, or an explicit pair (rounded to float32, as transmitted), checked
+    against the model's ``beta_range`` when given (:meth:`DCVICCodec.compress` checks it in any case)."""
     if quality is not None:
         if beta_rate is not None or beta_vq is not None:
             raise ValueError("give either a quality index or an explicit beta pair, not both")
+        if quality_table is None:
+            raise ValueError(
+                "this model file has no quality table (only stage 3 and converted releases carry selected pairs): "
+                "give an explicit beta pair instead"
+            )
         count = len(quality_table["beta_rate"])
         if not 0 <= quality < count:
             raise ValueError(f"quality index {quality} is out of range: this model has qualities 0..{count - 1}")
         return Conditioning(quality, quality_table["beta_rate"][quality], quality_table["beta_vq"][quality])
     if beta_rate is None or beta_vq is None:
         raise ValueError("give a quality index, or both beta_rate and beta_vq")
-    for name, value, high in (("beta_rate", beta_rate, BETA_RATE_MAX), ("beta_vq", beta_vq, BETA_VQ_MAX)):
-        if not 0.0 <= value <= high:
-            raise ValueError(f"{name} must lie in [0, {high}], got {value}")
+    if beta_range is not None:
+        beta_range.check(beta_rate, beta_vq)
     return Conditioning(None, float(np.float32(beta_rate)), float(np.float32(beta_vq)))
 
 
@@ -141,27 +154,46 @@ def image_precision(device: torch.device, dtype: torch.dtype | None) -> Iterator
                 yield
 
 
-def analyse(
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image padded to the model's multiple and VQGAN-encoded: all the compression that no beta changes.
+
+    Rate control (:mod:`.rate_control`) probes many beta pairs on one prepared image.
+    """
+
+    x_pad: Tensor
+    vq: VQEncoding
+    height: int
+    width: int
+
+
+def prepare_image(
     model: DCVIC,
     x: Tensor,
-    conditioning: Conditioning,
     vq_grid: TileGrid | None = None,
     fast: bool = False,
     dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Image (1, 3, H, W) in [-1, 1] → ``y`` (§6.3 steps 1–2; the encoder is tiled above 1344 px).
+) -> PreparedImage:
+    """Image (1, 3, H, W) in [-1, 1] → padded image and its VQGAN tokens (§6.3 step 1; tiled above 1024 px).
 
     ``vq_grid``: the VQGAN encoder's tiles above 1024 px (default the reference's); ``fast``, ``dtype``: see
     :class:`DCVICCodec`."""
-    beta_rate, beta_vq = conditioning.betas()
     x_pad = pad_to_multiple(x.to(model_device(model)), model.pad_multiple)
     if fast:  # a copy with plain strides: image_to_tensor's HWC view has a batch stride convolutions reject
         x_pad = x_pad.clone(memory_format=torch.channels_last)
     else:  # NCHW, as the convolutions already treated that view: the reference's arithmetic
         x_pad = x_pad.contiguous()
     with image_precision(x_pad.device, dtype):
-        vq = model.vq_encode(x_pad, grid=vq_grid, fast_kernels=fast)
-        return model.analysis(x_pad, vq, beta_rate, beta_vq)
+        return PreparedImage(x_pad, model.vq_encode(x_pad, grid=vq_grid, fast_kernels=fast), *x.shape[-2:])
+
+
+def analyse(
+    model: DCVIC, image: PreparedImage, conditioning: Conditioning, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Prepared image → ``y`` (§6.3 step 2; the encoder is tiled above 1344 px), in the prepared image's layout."""
+    beta_rate, beta_vq = conditioning.betas()
+    with image_precision(image.x_pad.device, dtype):
+        return model.analysis(image.x_pad, image.vq, beta_rate, beta_vq)
 
 
 def synthesize(
@@ -200,7 +232,7 @@ class DCVICCodec:
     def __init__(
         self,
         model: DCVIC,
-        quality_table: dict[str, list[float]],
+        quality_table: QualityTable | None,
         fingerprint: bytes | None = None,
         *,
         fast: bool = False,
@@ -246,10 +278,15 @@ class DCVICCodec:
         vq_cost, y_cost = self.model.tiling_costs(fast_kernels=self.fast)
         return fitted_grid(height, width, vq_cost, budget), fitted_grid(height // 16, width // 16, y_cost, budget)
 
-    def analyse(self, x: Tensor, conditioning: Conditioning) -> Tensor:
+    @property
+    def beta_range(self) -> BetaRange:
+        return self.model.beta_range
+
+    def prepare(self, x: Tensor) -> PreparedImage:
+        """:func:`prepare_image` with this codec's tiles, layout and precision."""
         multiple = self.model.pad_multiple
         grid = self.tile_grids(*(math.ceil(n / multiple) * multiple for n in x.shape[-2:]))[0]
-        return analyse(self.model, x, conditioning, grid, self.fast, self.image_dtype)
+        return prepare_image(self.model, x, grid, self.fast, self.image_dtype)
 
     def synthesize(self, y_hat: Tensor, height: int, width: int, conditioning: Conditioning) -> Tensor:
         grid = self.tile_grids(16 * y_hat.shape[-2], 16 * y_hat.shape[-1])[1]
@@ -258,12 +295,16 @@ class DCVICCodec:
     # --- files ---
 
     def compress(self, x: Tensor, conditioning: Conditioning) -> tuple[Container, LatentCode]:
-        height, width = x.shape[-2:]
-        code = self.model.latent_codec.compress(self.analyse(x, conditioning))
+        return self.compress_prepared(self.prepare(x), conditioning)
+
+    def compress_prepared(self, image: PreparedImage, conditioning: Conditioning) -> tuple[Container, LatentCode]:
+        """Encoder, hyperprior, ChARM and rANS only: the synthesis path never runs on the encoder side."""
+        self.beta_range.check(conditioning.beta_rate, conditioning.beta_vq)
+        code = self.model.latent_codec.compress(analyse(self.model, image, conditioning, self.image_dtype))
         container = Container(
             fingerprint=self.fingerprint,
-            height=height,
-            width=width,
+            height=image.height,
+            width=image.width,
             quality_index=EXPLICIT_BETAS if conditioning.quality_index is None else conditioning.quality_index,
             beta_rate=conditioning.beta_rate,
             beta_vq=conditioning.beta_vq,
@@ -272,26 +313,36 @@ class DCVICCodec:
         )
         return container, code
 
-    def decode_container(self, container: Container) -> tuple[Tensor, Tensor]:
-        """Container → ``(x̂, ŷ)``; refuses a file made with other weights."""
+    def decode_container(self, container: Container, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, Tensor]:
+        """Container → ``(x̂, ŷ)``; refuses a file made with other weights, or one :meth:`check_decodable` refuses."""
         if container.fingerprint != self.fingerprint:
             raise ModelMismatchError(
                 f"this file was made with model {container.fingerprint.hex()}, but the loaded model is "
                 f"{self.fingerprint.hex()}; decode it with the checkpoint that compressed it"
             )
+        if not self.beta_range.contains(container.beta_rate, container.beta_vq):
+            raise BitstreamError(
+                f"corrupt header: betas ({container.beta_rate}, {container.beta_vq}) lie outside this model's "
+                f"[0, {self.beta_range.rate_max}]×[0, {self.beta_range.vq_max}]"
+            )
         conditioning = Conditioning(container.quality_index, container.beta_rate, container.beta_vq)
-        return self._decode(container.z_string, container.y_string, container.height, container.width, conditioning)
+        strings = (container.z_string, container.y_string)
+        return self._decode(strings, container.height, container.width, conditioning, max_pixels=max_pixels)
 
-    def decompress(self, data: bytes) -> Tensor:
-        return self.decode_container(Container.from_bytes(data))[0]
+    def decompress(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+        return self.decode_container(Container.from_bytes(data), max_pixels)[0]
 
-    def decompress_legacy(self, data: bytes, legacy_eb_version: str = "1.2.4") -> tuple[Tensor, Tensor]:
+    def decompress_legacy(
+        self, data: bytes, legacy_eb_version: str = "1.2.4", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[Tensor, Tensor]:
         """An authors' ``.bin`` file (§6.4): betas from this model's quality table, z CDFs of
         ``legacy_eb_version``.
 
         The file cannot say which compressai wrote it; the authors used 1.2.4, hence the default.
         """
         legacy = read_legacy(data)
+        if self.quality_table is None:
+            raise ValueError("an authors' .bin file names a quality index, but this model file has no quality table")
         count = len(self.quality_table["beta_rate"])
         if legacy.quality_index >= count:
             raise BitstreamError(f"legacy file asks for quality {legacy.quality_index}; the model has 0..{count - 1}")
@@ -303,34 +354,79 @@ class DCVICCodec:
             eb = self.model.entropy_model_z
         else:
             raise ValueError(f"legacy_eb_version must be '1.2.4' or '1.2.8', got {legacy_eb_version!r}")
-        return self._decode(legacy.z_string, legacy.y_string, legacy.height, legacy.width, conditioning, eb)
+        strings = (legacy.z_string, legacy.y_string)
+        return self._decode(strings, legacy.height, legacy.width, conditioning, eb, max_pixels)
+
+    def check_decodable(
+        self,
+        strings: tuple[bytes, bytes],
+        height: int,
+        width: int,
+        entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        """Refuse, before anything large is allocated: more pixels than ``max_pixels``, z/y strings of a length
+        no encoder can write for this size (:meth:`HyperpriorCharmLatentCodec.string_bounds`), or a decode
+        whose estimated memory (:meth:`decode_bytes`) exceeds what this process can get."""
+        check_pixel_limit(height, width, max_pixels)
+        y_size = self._y_size(height, width)
+        bounds = self.model.latent_codec.string_bounds(y_size, entropy_model_z)
+        for name, string, (fewest, most) in zip("zy", strings, bounds, strict=True):
+            if not fewest <= len(string) <= most or len(string) % 4:
+                raise BitstreamError(
+                    f"corrupt file: the {name} string has {len(string)} bytes, but a {height}x{width} image's has "
+                    f"between {fewest} and {most}, in whole 4-byte words"
+                )
+        decode_bytes = self.decode_bytes(height, width, (len(strings[0]), len(strings[1])))
+        check_memory(decode_bytes, f"this {height}x{width} image")
+        device = model_device(self.model)
+        if device.type == "cuda":
+            free = AvailableMemory(torch.cuda.mem_get_info(device)[0], f"free memory on {device}")
+            check_memory(self._synthesis_bytes(y_size), f"this {height}x{width} image", free)
+
+    def decode_bytes(self, height: int, width: int, string_lengths: tuple[int, int]) -> int:
+        """Estimated peak memory of decoding a ``height × width`` file beyond the loaded model (host memory).
+
+        The largest of three phases: the entropy path (whole ``ŷ`` at once); the synthesis holding ``ŷ``
+        (tiled above 1024 px, like :func:`synthesize`; on a GPU its activations are the GPU's memory); the
+        padded image, its crop and clamp, the uint8 conversion's float maps and the PNG's pixels.
+        """
+        y_size = self._y_size(height, width)
+        padded_pixels = 256 * y_size[0] * y_size[1]
+        entropy = self.model.latent_codec.decode_bytes(y_size, string_lengths)
+        synthesis = 4 * self.model.latent_codec.y_channels * y_size[0] * y_size[1]
+        if model_device(self.model).type == "cpu":
+            synthesis += self._synthesis_bytes(y_size)
+        output = 12 * padded_pixels + height * width * (4 * 3 * 4 + 3 + 4)
+        return int(DECODE_MEMORY_MARGIN * max(entropy, synthesis, output)) + DECODE_MEMORY_OVERHEAD
+
+    def _synthesis_bytes(self, y_size: tuple[int, int]) -> int:
+        """:meth:`DCVIC.synthesis_bytes` over the tiles :meth:`synthesize` will use."""
+        height, width = 16 * y_size[0], 16 * y_size[1]
+        grid = self.tile_grids(height, width)[1]
+        tiled = needs_tiling(height, width) and not grid.covers_whole(*y_size)
+        tile_px = (16 * grid.tile[0], 16 * grid.tile[1]) if tiled else None
+        return self.model.synthesis_bytes(height, width, tile_px, fused_attention=self.fast)
+
+    def _y_size(self, height: int, width: int) -> tuple[int, int]:
+        multiple = self.model.pad_multiple
+        return math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16
 
     def _decode(
         self,
-        z_string: bytes,
-        y_string: bytes,
+        strings: tuple[bytes, bytes],
         height: int,
         width: int,
         conditioning: Conditioning,
         entropy_model_z: EntropyBottleneck | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> tuple[Tensor, Tensor]:
-        multiple = self.model.pad_multiple
-        y_size = (math.ceil(height / multiple) * multiple // 16, math.ceil(width / multiple) * multiple // 16)
-        _, y_hat = self.model.latent_codec.decompress((z_string, y_string), y_size, entropy_model_z)
+        self.check_decodable(strings, height, width, entropy_model_z, max_pixels)
+        y_size = self._y_size(height, width)
+        _, y_hat = self.model.latent_codec.decompress(strings, y_size, entropy_model_z)
         if not bool(torch.isfinite(y_hat).all()):
             raise BitstreamError("the latents decode to non-finite values: the file is corrupt")
         x_hat = self.synthesize(y_hat, height, width, conditioning)
         if not bool(torch.isfinite(x_hat).all()):
             raise BitstreamError("the image decodes to non-finite values: the file is corrupt")
         return x_hat, y_hat
-
-
-def image_to_tensor(image: np.ndarray) -> Tensor:
-    """uint8 HWC RGB → (1, 3, H, W) float32 in [-1, 1], exactly ``Normalize(0.5, 0.5)(ToTensor()(img))``."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-    return x.sub(0.5).div(0.5).unsqueeze(0)
-
-
-def tensor_to_image(x_hat: Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [-1, 1] → uint8 HWC RGB by truncation, like the reference's writer (§6.5 step 8)."""
-    return ((x_hat[0].permute(1, 2, 0).float() + 1) / 2 * 255).numpy().astype(np.uint8)

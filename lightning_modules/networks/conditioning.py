@@ -11,13 +11,40 @@ Data flow::
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 BetaLike = float | Tensor
 
-BETA_RATE_MAX = 3.0
-BETA_VQ_MAX = 3.5
+
+@dataclass(frozen=True)
+class BetaRange:
+    """β_rate ∈ [0, rate_max], β_vq ∈ [0, vq_max]: an architecture argument, because the Fourier features divide by
+    the maxima, so a model understands only the betas of its own range (``conf/network/*.yaml`` sets it; samplers,
+    the codec and stage 2 read it from there or from the model)."""
+
+    rate_max: float
+    vq_max: float
+
+    def contains(self, beta_rate: float, beta_vq: float) -> bool:
+        return _inside(beta_rate, self.rate_max) and _inside(beta_vq, self.vq_max)
+
+    def check(self, beta_rate: float, beta_vq: float) -> None:
+        """Raise ``ValueError`` naming the beta that lies outside (or is not finite)."""
+        for name, value, high in (("beta_rate", beta_rate, self.rate_max), ("beta_vq", beta_vq, self.vq_max)):
+            if not _inside(value, high):
+                raise ValueError(f"{name} must lie in [0, {high}] for this model, got {value}")
+
+
+def _inside(value: float, high: float) -> bool:
+    return math.isfinite(value) and 0.0 <= value <= high
+
+
+PAPER_BETA_RANGE = BetaRange(rate_max=3.0, vq_max=3.5)
+"""The paper's ranges; the default for model files written before the range was recorded in them."""
 
 
 def as_beta_tensor(beta: BetaLike) -> Tensor:
@@ -47,23 +74,16 @@ class BetaConditionMLP(nn.Sequential):
     A ``Sequential`` so that its parameters keep the reference names ``mlp.0`` / ``mlp.2``.
     """
 
-    def __init__(
-        self,
-        cond_ch: int = 128,
-        num_freqs: int = 10,
-        beta_rate_max: float = BETA_RATE_MAX,
-        beta_vq_max: float = BETA_VQ_MAX,
-    ) -> None:
+    def __init__(self, cond_ch: int = 128, num_freqs: int = 10, beta_range: BetaRange = PAPER_BETA_RANGE) -> None:
         in_features = 2 * (2 * num_freqs + 1)
         super().__init__(nn.Linear(in_features, cond_ch), nn.ReLU(inplace=True), nn.Linear(cond_ch, cond_ch))
         self.num_freqs = num_freqs
-        self.beta_rate_max = beta_rate_max
-        self.beta_vq_max = beta_vq_max
+        self.beta_range = beta_range
 
     def condition(self, beta_rate: BetaLike, beta_vq: BetaLike) -> Tensor:
         """Condition vector (N, cond_ch); N = 1 for scalar betas."""
-        rate = fourier_features(beta_rate, self.beta_rate_max, self.num_freqs)
-        vq = fourier_features(beta_vq, self.beta_vq_max, self.num_freqs)
+        rate = fourier_features(beta_rate, self.beta_range.rate_max, self.num_freqs)
+        vq = fourier_features(beta_vq, self.beta_range.vq_max, self.num_freqs)
         n = max(rate.shape[0], vq.shape[0])
         features = torch.cat([rate.expand(n, -1), vq.expand(n, -1)], dim=1)
         weight = self[0].weight

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from taming.modules.diffusionmodules.model import AttnBlock
 from torch import Tensor, nn
 
-from .conditioning import BetaLike
+from .conditioning import PAPER_BETA_RANGE, BetaLike, BetaRange
 from .context_model import ChannelContextModel
 from .elic import DecoderFeatures, ElicFeatureDecoder, ElicVqEncoder
 from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, load_entropy_tables
@@ -140,6 +140,8 @@ class DCVIC(nn.Module):
         pad_multiple: int = 64,
     ) -> None:
         super().__init__()
+        if encoder.beta_range != decoder.beta_range:
+            raise ValueError(f"encoder and decoder beta ranges differ: {encoder.beta_range} vs {decoder.beta_range}")
         self.encoder = encoder
         self.decoder = decoder
         self.hyperencoder = hyperencoder
@@ -159,6 +161,11 @@ class DCVIC(nn.Module):
     @property
     def dual_conditioned(self) -> bool:
         return self.encoder.dual_conditioned
+
+    @property
+    def beta_range(self) -> BetaRange:
+        """The betas this model was built for (an architecture argument; the codec and stage 2 read it here)."""
+        return self.encoder.beta_range
 
     # --- stages, each callable on its own (teacher forcing, codec, training) ---
 
@@ -281,6 +288,54 @@ class DCVIC(nn.Module):
             ),
         )
 
+    def synthesis_bytes(
+        self, height: int, width: int, tile_px: tuple[int, int] | None, fused_attention: bool = False
+    ) -> int:
+        """Peak memory of decoding a padded ``height × width`` image beyond the weights (float32, eval mode).
+
+        Over one ``tile_px`` tile for :meth:`tiled_synthesis` (which also allocates the stitched full-size image,
+        code logits, latent and indices), or the whole image (``None``) for :meth:`synthesis`: the larger of the
+        convolution phase (:meth:`_synthesis_floats_per_pixel`) and the VQGAN decoder's global self-attention,
+        whose ``T × T`` weights (``T`` = tokens at its level) exist twice at once (product, softmax) unless
+        ``fused_attention`` (SDPA, the codec's fast mode) never holds them.
+        """
+        tiled = tile_px is not None
+        region = min(height, tile_px[0]) * min(width, tile_px[1]) if tiled else height * width
+        persistent = self._persistent_floats_per_pixel()
+        convolutions = region * (self._synthesis_floats_per_pixel() + persistent)
+        decoder = self.vq_model.decoder
+        attention_levels = [decoder.num_resolutions - 1] + [i for i, up in enumerate(decoder.up) if len(up.attn)]
+        tokens = region // 4 ** min(attention_levels)
+        attention = (0 if fused_attention else 2 * tokens**2) + region * persistent
+        stitched = 3 + (self.vq_model.embed_dim + self.vq_model.n_embed + 2) / 64  # int64 indices = 2 floats
+        return int(4 * (max(convolutions, attention) + (height * width * stitched if tiled else 0)))
+
+    def _synthesis_floats_per_pixel(self) -> float:
+        """Most float32 values alive at once per output pixel in the convolutions (level ``l`` at scale 2^-l).
+
+        The VQGAN decoder: at each level a residual block's input, norm, swish and conv maps (5) next to the
+        map upsampled from the level below and its source, or the SFT fusion there (concatenation, input,
+        block, scale and shift). The ELIC decoder: its maps at 1/2 and the column buffer of its transposed
+        convolutions. The VQ estimator at 1/8.
+        """
+        channels = [self.vq_model.ch * m for m in self.vq_model.ch_mult]
+        fused = {level: self.fusion_module.fusion_modules[key] for level, key in VqDecoderFusion.level_keys.items()}
+        peak = 0.0
+        for level, ch in enumerate(channels):
+            below = channels[level + 1] if level + 1 < len(channels) else 0
+            maps = 5 * ch + 1.25 * below
+            if level in fused:
+                block = fused[level].fuse_block
+                maps = max(maps, block.norm1.num_channels + 3 * ch + 3 * block.conv1.out_channels)
+            peak = max(peak, maps / 4**level)
+        main_ch = self.decoder.conv1.out_channels
+        estimator = self.vq_estimator.embed_projection.in_channels
+        return max(peak, 3 * main_ch, (4 * estimator + 2 * self.vq_model.n_embed) / 64)
+
+    def _persistent_floats_per_pixel(self) -> float:
+        """The ELIC decoder's features kept for the SFT fusion (1/2, 1/4, 1/8) and the output image."""
+        return self.decoder.conv1.out_channels * (1 / 4 + 1 / 16 + 1 / 64) + 3
+
     # --- full model ---
 
     def forward(
@@ -313,9 +368,6 @@ class DCVIC(nn.Module):
         return DCVICOutput(x_hat, y, entropy.y_hat, entropy, vq, synthesis, num_pixels=n * h * w)
 
     # --- weights ---
-
-    def trainable_state_dict_keys(self) -> list[str]:
-        return [k for k in self.state_dict() if not k.startswith("vq_model.")]
 
     def train(self, mode: bool = True) -> DCVIC:
         """Also the mode flag of :attr:`latent_codec`, which is not a registered child."""
@@ -378,10 +430,13 @@ def build_dcvic(
     n_embed: int = 256,
     embed_dim: int = 4,
     vqgan_checkpoint: str | None = None,
+    beta_rate_max: float = PAPER_BETA_RANGE.rate_max,
+    beta_vq_max: float = PAPER_BETA_RANGE.vq_max,
 ) -> DCVIC:
     """Wire the sub-networks; defaults are the released architecture (84.0 M trainable + 67.7 M VQGAN).
 
-    ``fourier_freqs`` is the number of Fourier frequencies per beta (the paper's 10; §2.1).
+    ``fourier_freqs`` is the number of Fourier frequencies per beta (the paper's 10; §2.1); ``beta_rate_max`` /
+    ``beta_vq_max`` bound the betas the condition MLPs normalise by (model files without them get the paper's).
     ``vqgan_checkpoint`` loads the frozen VQGAN strictly from a taming file; ``None`` leaves random weights
     (for tests, or when a DC-VIC checkpoint that contains ``vq_model.*`` is loaded next).
     """
@@ -394,11 +449,12 @@ def build_dcvic(
         embed_dim=embed_dim,
     )
     vq_model = load_vqgan(vqgan_checkpoint, **vqgan_arch) if vqgan_checkpoint else FrozenVQGAN(**vqgan_arch)
+    betas = BetaRange(float(beta_rate_max), float(beta_vq_max))
     return DCVIC(
         encoder=ElicVqEncoder(
-            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned, fourier_freqs
+            3, main_ch, main_ch, block_mid_ch, embed_dim + n_embed, cond_ch, dual_conditioned, fourier_freqs, betas
         ),
-        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs),
+        decoder=ElicFeatureDecoder(main_ch, main_ch, 3, block_mid_ch, cond_ch, dual_conditioned, fourier_freqs, betas),
         hyperencoder=HyperEncoder(main_ch, tuple(hyper_enc_ch), z_ch),
         hyperdecoder=HyperDecoder(z_ch, tuple(hyper_dec_ch), hyper_out_ch),
         context_model=ChannelContextModel(main_ch, hyper_out_ch, num_slices, max_support, tuple(slice_hidden_ch)),

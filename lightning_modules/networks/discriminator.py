@@ -11,12 +11,19 @@ import torch
 from taming.modules.discriminator.model import weights_init
 from torch import Tensor, nn
 
-from .conditioning import BetaConditionMLP, BetaLike
+from .conditioning import PAPER_BETA_RANGE, BetaConditionMLP, BetaLike, BetaRange
 
 
 class BetaConditionedPatchGAN(nn.Module):
     def __init__(
-        self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3, cond_ch: int = 8, fourier_freqs: int = 10
+        self,
+        in_ch: int = 3,
+        ndf: int = 64,
+        n_layers: int = 3,
+        cond_ch: int = 8,
+        fourier_freqs: int = 10,
+        beta_rate_max: float = PAPER_BETA_RANGE.rate_max,
+        beta_vq_max: float = PAPER_BETA_RANGE.vq_max,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_ch + cond_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
@@ -32,7 +39,7 @@ class BetaConditionedPatchGAN(nn.Module):
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)
         self.main.apply(weights_init)  # conv weights ~ N(0, 0.02), biases keep the PyTorch default
-        self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
+        self.mlp = BetaConditionMLP(cond_ch, fourier_freqs, BetaRange(float(beta_rate_max), float(beta_vq_max)))
 
     def forward(self, x: Tensor, beta_rate: BetaLike, beta_vq: BetaLike) -> Tensor:
         cond = self.mlp.condition(beta_rate, beta_vq).to(x.dtype)  # (N or 1, cond_ch)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .conditioning import BetaConditionMLP, BetaLike, BetaScaleShift
+from .conditioning import PAPER_BETA_RANGE, BetaConditionMLP, BetaLike, BetaRange, BetaScaleShift
 
 
 def conv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
@@ -107,9 +107,11 @@ class ElicVqEncoder(nn.Module):
         cond_ch: int = 128,
         dual_conditioned: bool = True,
         fourier_freqs: int = 10,
+        beta_range: BetaRange = PAPER_BETA_RANGE,
     ) -> None:
         super().__init__()
         self.dual_conditioned = dual_conditioned
+        self.beta_range = beta_range
         self.conv1 = conv(in_ch, main_ch)
         self.block1 = ResidualBottleneckBlocks(main_ch, block_mid_ch)
         self.conv2 = conv(main_ch, main_ch)
@@ -121,7 +123,7 @@ class ElicVqEncoder(nn.Module):
         self.conv4 = conv(main_ch, out_ch)
         self.attn4 = SimplifiedAttention(out_ch)
         if dual_conditioned:
-            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
+            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs, beta_range)
             self.beta_ft_list = nn.ModuleList(
                 [BetaScaleShift(main_ch, cond_ch) for _ in range(len(self.layer_order) - 2)]
                 + [BetaScaleShift(out_ch, cond_ch) for _ in range(2)]
@@ -167,9 +169,11 @@ class ElicFeatureDecoder(nn.Module):
         cond_ch: int = 128,
         dual_conditioned: bool = True,
         fourier_freqs: int = 10,
+        beta_range: BetaRange = PAPER_BETA_RANGE,
     ) -> None:
         super().__init__()
         self.dual_conditioned = dual_conditioned
+        self.beta_range = beta_range
         self.attn1 = SimplifiedAttention(in_ch)
         self.conv1 = deconv(in_ch, main_ch)
         self.block1 = ResidualBottleneckBlocks(main_ch, block_mid_ch)
@@ -180,7 +184,7 @@ class ElicFeatureDecoder(nn.Module):
         self.block3 = ResidualBottleneckBlocks(main_ch, block_mid_ch)
         self.conv4 = deconv(main_ch, out_ch)  # in the checkpoint, never executed
         if dual_conditioned:
-            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs)
+            self.mlp = BetaConditionMLP(cond_ch, fourier_freqs, beta_range)
             self.init_fuse = BetaScaleShift(in_ch, cond_ch)
             self.beta_ft_list = nn.ModuleList(
                 [BetaScaleShift(in_ch, cond_ch) for _ in range(2)]

@@ -31,7 +31,7 @@ from compressai.models.google import get_scale_table
 from torch import Tensor
 
 from .context_model import ChannelContextModel, ContextOutput
-from .entropy_models import SteEntropyBottleneck, SteGaussianConditional
+from .entropy_models import SteEntropyBottleneck, SteGaussianConditional, min_symbol_bits, rans_string_bounds
 from .hyperprior import HyperDecoder, HyperEncoder
 
 Z_STRIDE = 4
@@ -226,8 +226,53 @@ class HyperpriorCharmLatentCodec(LatentCodec):
     def symbol_counts(self, shape: tuple[int, int]) -> tuple[int, int]:
         """How many symbols the z and y strings of a ``y`` of spatial ``shape`` carry."""
         z_positions = (shape[0] // Z_STRIDE) * (shape[1] // Z_STRIDE)
-        y_channels = self.context_model.num_slices * self.context_model.slice_ch
-        return self.entropy_model_z.channels * z_positions, y_channels * shape[0] * shape[1]
+        return self.entropy_model_z.channels * z_positions, self.y_channels * shape[0] * shape[1]
+
+    @property
+    def y_channels(self) -> int:
+        return self.context_model.num_slices * self.context_model.slice_ch
+
+    def string_bounds(
+        self, shape: tuple[int, int], entropy_model_z: EntropyBottleneck | None = None
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Fewest and most bytes a real ``(z, y)`` string pair for a ``y`` of ``shape`` can have.
+
+        A z symbol of channel ``c`` costs at least the cheapest entry of table ``c``; a y symbol's table
+        depends on σ, so it costs at least the cheapest entry of any table (see :func:`rans_string_bounds`).
+        """
+        eb = entropy_model_z or self.entropy_model_z
+        gaussian = self.entropy_model_y
+        z_symbols, y_symbols = self.symbol_counts(shape)
+        z_positions = z_symbols // eb.channels
+        z_bits = z_positions * float(min_symbol_bits(eb._quantized_cdf, eb._cdf_length).sum())
+        y_bits = y_symbols * float(min_symbol_bits(gaussian._quantized_cdf, gaussian._cdf_length).min())
+        return rans_string_bounds(z_bits, z_symbols), rans_string_bounds(y_bits, y_symbols)
+
+    def decode_bytes(self, shape: tuple[int, int], string_lengths: tuple[int, int]) -> int:
+        """Peak memory of :meth:`decompress` beyond the weights, from the widths (float32, whole ``y`` at once).
+
+        Per ``y`` position: the hyper-synthesis branches and their output, ŷ/μ/σ of every slice and their
+        concatenation, one slice's supports and hidden maps; per symbol of a slice, the Python and C++
+        index/symbol lists of the rANS call; plus both guarded copies of each string.
+        """
+        positions = shape[0] * shape[1]
+        hyper = self.hyperdecoder.hd_mu
+        hyper_out = hyper.conv3.out_channels
+        hidden = self.context_model.mean_slice_transforms[0].model
+        slice_ch, support = self.context_model.slice_ch, self.context_model.max_support
+        floats = (
+            2 * hyper.conv2.out_channels
+            + 6 * hyper_out
+            + 6 * self.y_channels
+            + 3 * (hyper_out + slice_ch * support)
+            + slice_ch
+            + hidden[0].out_channels
+            + hidden[2].out_channels
+        )
+        rans_lists = 76 * slice_ch  # 8 + 4 (indexes), 8 + 32 + 4 + 4 (symbols), int32 tensors and temporaries
+        counts = self.symbol_counts(shape)
+        guards = sum(2 * (n + _guard_bytes(n, count)) for n, count in zip(string_lengths, counts, strict=True))
+        return positions * (4 * floats + rans_lists) + guards
 
     def _parameter_device(self) -> torch.device:
         return next(self.hyperdecoder.parameters()).device
@@ -237,7 +282,17 @@ def _bits(likelihood: Tensor) -> float:
     return float(torch.log2(likelihood).sum().neg())
 
 
+def _guard_bytes(length: int, num_symbols: int) -> int:
+    """Zero bytes after a rANS string of ``length`` bytes that codes ``num_symbols`` symbols.
+
+    compressai's C++ decoder does not bounds-check its reads. It reads at most one 32-bit word per symbol, plus
+    the raw nibbles of bypassed values, whose count (≤ 15 per count nibble) a forged string controls: at most
+    15·length/4 words for count nibbles read from the string, and a few from the 64-bit state. Zero padding
+    ends every bypass count, so reads stay inside the buffer; 4 KiB cover counts drawn from the state.
+    """
+    return 4 * num_symbols + 16 * length + 4096
+
+
 def _guard_stream(string: bytes, num_symbols: int) -> bytes:
-    """Zero padding after a rANS string: compressai's C++ decoder does not bounds-check its reads, so a
-    truncated or forged string would otherwise read past the buffer. A valid string never reaches it."""
-    return string + bytes(4 * num_symbols + 64)
+    """The string followed by :func:`_guard_bytes` zero bytes (a valid string never reads into them)."""
+    return string + bytes(_guard_bytes(len(string), num_symbols))

@@ -138,13 +138,6 @@ class FrozenVQGAN(nn.Module):
         self.embed_dim = embed_dim
         self.freeze()
 
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    def level_channels(self, level: int) -> int:
-        return self.ch * self.ch_mult[level]
-
     def freeze(self) -> None:
         self.requires_grad_(False)
         super().train(False)

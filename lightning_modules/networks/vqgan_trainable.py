@@ -7,7 +7,7 @@ plugs into :func:`~.vqgan.load_vqgan` like the official "vq-f8-n256" checkpoint:
     x ─encoder─quant_conv─> h (N, embed_dim, H/f, W/f) ─VectorQuantizer2─> z_q, qloss, indices (N, H/f, W/f)
     z_q ─post_quant_conv─decoder─> x̂ (N, 3, H, W)          f = 2 ** (len(ch_mult) - 1)
 
-Images are in [-1, 1], like every VQGAN input in this project (design §6).
+Images are in [-1, 1], like every VQGAN input in this project (design §1.2).
 """
 
 from __future__ import annotations
@@ -66,10 +66,6 @@ class TrainableVQGAN(nn.Module):
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.n_embed = n_embed
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.architecture["ch_mult"]) - 1)
 
     @property
     def last_layer(self) -> Tensor:

@@ -6,8 +6,8 @@ and returns the mean of the per-batch estimated bpp, exactly the reference's num
 
 One search job = one (beta_vq, target) pair: :func:`run_rate_search` writes the reference CSV and a JSON
 record next to it. :func:`search_grid` runs many pairs in worker processes (joblib); they share the on-disk
-memo, so no (beta_rate, beta_vq) point is computed twice. :func:`run_selection` scores the found pairs and
-:func:`run_stage2` chains set building, the grid and the selection for ``entrypoints/train.py +stage=2``.
+memo, so no (beta_rate, beta_vq) point is computed twice. :func:`run_selection` scores the found pairs;
+``entrypoints.runners.run_stage2`` chains set building, the grid and the selection for ``train.py +stage=2``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class SearchSettings:
     method: str = "illinois"
     tolerance: float = 0.001
     beta_rate_min: float = 0.0
-    beta_rate_max: float = 3.0
+    beta_rate_max: float | None = None  # None: the model's own beta_rate range (its architecture's beta_rate_max)
     max_evals: int = 10
     decimals: int = 3
     batch_size: int = 16
@@ -123,7 +123,7 @@ def run_rate_search(
     kwargs = dict(
         tolerance=settings.tolerance,
         lo=settings.beta_rate_min,
-        hi=settings.beta_rate_max,
+        hi=model.beta_range.rate_max if settings.beta_rate_max is None else settings.beta_rate_max,
         max_evals=settings.max_evals,
         decimals=settings.decimals,
     )

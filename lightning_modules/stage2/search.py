@@ -1,15 +1,20 @@
-"""Stage 2 rate search: find the ``beta_rate`` that hits a target bpp for a fixed ``beta_vq`` (design §5.2).
+"""Rate search: find the ``beta_rate`` that hits a target bpp for a fixed ``beta_vq`` (design §5.2).
 
-Both methods see the model only through ``evaluate(beta_rate) -> avg bpp`` and assume what training makes
-true: the estimated rate falls as ``beta_rate`` rises. Candidates are rounded to 3 decimals like the
-reference, so the two methods share memo entries and their answers are directly comparable.
+One search for two callers: stage 2 (estimated bpp averaged over the validation crops, ``|bpp - target| <=
+0.001``) and per-image rate control (:mod:`lightning_modules.codec.rate_control`: the real file size, within
+1 % of the target and, by default, not above it). Both methods see the model only through
+``evaluate(beta_rate) -> bpp``; what counts as a hit is the :class:`SearchResult`'s ``rule`` and
+``tolerance``. They assume what training makes true, that the rate falls as ``beta_rate`` rises; the
+bracketed phase only needs a sign change, so it also works on curves that rise. Candidates are rounded to
+``decimals`` (3 like the reference in stage 2), so the two methods share memo entries.
 
-* :func:`bisect_search` is the authors' procedure, step for step (bounds 0..3, midpoint rounded to
-  3 decimals, stop when ``|bpp - target| <= 0.001`` or after 10 runs).
+* :func:`bisect_search` is the authors' procedure, step for step (bounds 0..3, the model's beta_rate range in the
+  jobs; midpoint rounded to 3 decimals, stop when ``|bpp - target| <= 0.001`` or after 10 runs).
 * :func:`illinois_search` (the default) works on ``log bpp``, which the rate makes close to linear in
-  ``beta_rate``: it starts at the midpoint, steps along the secant (a prior slope before there are two
-  points) until the target is bracketed or a bound proves it unreachable, then runs regula falsi with the
-  Illinois fix (halving the stale end's value when one side repeats, so flat spots cannot stall it).
+  ``beta_rate``: it starts at the midpoint (or at both bounds, ``start="bounds"``), steps along the secant
+  (a prior slope before there are two points) until the target is bracketed or a bound proves it
+  unreachable, then runs regula falsi with the Illinois fix (halving the stale end's value when one side
+  repeats, so flat spots cannot stall it).
   Points other jobs already memoised seed the bracket for free. Same tolerance, fewer model evaluations:
   ``benchmarks/beta_search_evals.py``.
 
@@ -22,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -30,11 +34,15 @@ from pathlib import Path
 
 import pandas as pd
 
-Evaluate = Callable[[float], float]
-"""``beta_rate -> average estimated bpp`` at a fixed ``beta_vq``."""
+from lightning_modules.images import write_atomic
+from lightning_modules.networks.conditioning import PAPER_BETA_RANGE
 
-PAPER_BETA_VQ = [0.25 * k for k in range(1, 15)]
-PAPER_TARGETS_BPP = [0.05, 0.075, 0.1, 0.125, 0.15]
+Evaluate = Callable[[float], float]
+"""``beta_rate -> bpp`` at a fixed ``beta_vq`` (stage 2: estimated, averaged; rate control: one real file)."""
+
+RULES = ("closest", "below")
+"""What a hit is: ``closest``: ``|bpp - target| <= tolerance``; ``below``: ``target - tolerance <= bpp <= target``."""
+
 SEARCH_CSV_COLUMNS = ["run_cnt", "beta_vq", "beta_rate", "avg_bpp", "diff"]
 
 
@@ -56,10 +64,30 @@ class SearchResult:
     steps: list[SearchStep] = field(default_factory=list)
     converged: bool = False
     reason: str = ""
+    rule: str = "closest"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"unknown search rule {self.rule!r}; choose one of {list(RULES)}")
+
+    @property
+    def aim(self) -> float:
+        """The bpp the root finding steers to: the target, or the middle of ``[target - tolerance, target]``."""
+        return self.target_bpp - self.tolerance / 2 if self.rule == "below" else self.target_bpp
+
+    def accepts(self, bpp: float) -> bool:
+        if self.rule == "below":
+            return self.target_bpp - self.tolerance <= bpp <= self.target_bpp
+        return abs(bpp - self.target_bpp) <= self.tolerance
 
     @property
     def best(self) -> SearchStep | None:
-        """The closest point evaluated; None when known points proved the target unreachable before any step."""
+        """The best point evaluated by the rule (``below``: the largest not above the target, else the smallest);
+        None when known points proved the target unreachable before any step."""
+        if self.rule == "below":
+            under = [step for step in self.steps if step.avg_bpp <= self.target_bpp]
+            if under:
+                return max(under, key=lambda step: (step.avg_bpp, -step.run_cnt))
         return min(self.steps, key=lambda step: step.diff) if self.steps else None
 
     @property
@@ -82,7 +110,7 @@ class _Recorder:
         bpp = float(self.evaluate(beta_rate))
         step = SearchStep(len(self.result.steps) + 1, beta_rate, bpp, abs(bpp - self.result.target_bpp))
         self.result.steps.append(step)
-        if step.diff <= self.result.tolerance:
+        if self.result.accepts(bpp):
             self.result.converged = True
         return bpp
 
@@ -92,19 +120,20 @@ def bisect_search(
     target_bpp: float,
     tolerance: float = 0.001,
     lo: float = 0.0,
-    hi: float = 3.0,
+    hi: float = PAPER_BETA_RANGE.rate_max,
     max_evals: int = 10,
     decimals: int = 3,
+    rule: str = "closest",
 ) -> SearchResult:
     """The reference's binary search (design §5.2), including its rounding and its 10-run cap."""
-    result = SearchResult("bisect", target_bpp, tolerance)
+    result = SearchResult("bisect", target_bpp, tolerance, rule=rule)
     record = _Recorder(evaluate, result)
     while result.evaluations < max_evals:
         beta_rate = round((lo + hi) / 2, decimals)
         bpp = record(beta_rate)
         if result.converged:
             return result
-        if bpp > target_bpp:
+        if bpp > result.aim:
             lo = beta_rate
         else:
             hi = beta_rate
@@ -117,33 +146,40 @@ def illinois_search(
     target_bpp: float,
     tolerance: float = 0.001,
     lo: float = 0.0,
-    hi: float = 3.0,
+    hi: float = PAPER_BETA_RANGE.rate_max,
     max_evals: int = 10,
     decimals: int = 3,
     known: Mapping[float, float] | None = None,
     log_slope_prior: float = -0.5,
+    rule: str = "closest",
+    start: str = "midpoint",
 ) -> SearchResult:
     """Bracketed secant with the Illinois fix, on ``log bpp`` (near-linear in ``beta_rate`` in practice).
 
     Bracketing starts at the midpoint (shared by every target, like bisection) and steps along the secant of
     the points seen so far (``log_slope_prior``, d log bpp / d beta_rate, before there are two), clipped to the
-    bounds, so reaching a bound proves the target unreachable. ``known`` (beta_rate -> bpp, e.g. the memo's
-    points for this beta_vq) seeds the points and may answer outright. ``evaluations`` counts points visited;
-    with a memo behind ``evaluate`` the model only runs for points no job has computed yet.
+    bounds, so reaching a bound proves the target unreachable. ``start="bounds"`` evaluates ``hi`` and ``lo``
+    first instead: two points that give the reachable range and the first secant (rate control, where
+    "nearest achievable" needs the range anyway). ``known`` (beta_rate -> bpp, e.g. the memo's points for this
+    beta_vq) seeds the points and may answer outright. ``evaluations`` counts points visited; with a memo
+    behind ``evaluate`` the model only runs for points no job has computed yet.
     """
-    result = SearchResult("illinois", target_bpp, tolerance)
+    if start not in ("midpoint", "bounds"):
+        raise ValueError(f"start must be 'midpoint' or 'bounds', got {start!r}")
+    result = SearchResult("illinois", target_bpp, tolerance, rule=rule)
     record = _Recorder(evaluate, result)
     points = {br: bpp for br, bpp in (known or {}).items() if lo <= br <= hi}
-    hit = [br for br, bpp in points.items() if abs(bpp - target_bpp) <= tolerance]
+    hit = [br for br, bpp in points.items() if result.accepts(bpp)]
     if hit:  # re-read through ``evaluate`` (a memo hit in real runs) so the result lists it
-        record(min(hit, key=lambda br: abs(points[br] - target_bpp)))
+        record(min(hit, key=lambda br: abs(points[br] - result.aim)))
         return result
     bounds = (lo, hi)
     while result.evaluations < max_evals and not result.converged:
-        bracket = _bracket(points, target_bpp)
+        bracket = _bracket(points, result.aim)
         if bracket is not None:
             return _illinois_loop(record, result, *bracket, max_evals, decimals)
-        x = _bracketing_step(points, target_bpp, bounds, log_slope_prior, decimals)
+        unvisited = [bound for bound in (hi, lo) if bound not in points] if start == "bounds" else []
+        x = unvisited[0] if unvisited else _bracketing_step(points, result.aim, bounds, log_slope_prior, decimals)
         if x is None:
             result.reason = _failure_reason(result, lo, hi, "target outside the reachable bpp range")
             return result
@@ -159,12 +195,13 @@ def _gap(bpp: float, target_bpp: float) -> float:
 
 
 def _bracket(points: Mapping[float, float], target_bpp: float) -> tuple[tuple, tuple] | None:
-    above = [br for br, bpp in points.items() if bpp > target_bpp]
-    below = [br for br, bpp in points.items() if bpp < target_bpp]
-    if not above or not below or max(above) >= min(below):
-        return None
-    a, b = max(above), min(below)
-    return (a, _gap(points[a], target_bpp)), (b, _gap(points[b], target_bpp))
+    """The narrowest pair of neighbouring points on opposite sides of the target, as ``(beta_rate, log gap)``.
+
+    On a falling curve that is ``(max beta_rate above, min beta_rate below)``; a rising stretch works too.
+    """
+    ordered = [(br, _gap(bpp, target_bpp)) for br, bpp in sorted(points.items()) if bpp != target_bpp]
+    pairs = [(a, b) for a, b in zip(ordered[:-1], ordered[1:], strict=True) if (a[1] > 0) != (b[1] > 0)]
+    return min(pairs, key=lambda pair: pair[1][0] - pair[0][0]) if pairs else None
 
 
 def _bracketing_step(
@@ -199,7 +236,7 @@ def _illinois_loop(
     decimals: int,
 ) -> SearchResult:
     """Regula falsi inside ``[a, b]``; halving the retained end's gap (Illinois) keeps it superlinear."""
-    (a, fa), (b, fb) = low, high  # log gaps: fa > 0 > fb (bpp above the target at a, below it at b)
+    (a, fa), (b, fb) = low, high  # log gaps of opposite signs (on a falling curve fa > 0 > fb)
     last_side = 0
     while result.evaluations < max_evals:
         x = round(b - fb * (b - a) / (fb - fa), decimals)
@@ -208,10 +245,10 @@ def _illinois_loop(
         if not a < x < b:
             result.reason = _failure_reason(result, a, b, f"no {decimals}-decimal beta_rate left between")
             return result
-        fx = _gap(record(x), result.target_bpp)
+        fx = _gap(record(x), result.aim)
         if result.converged:
             return result
-        if fx > 0:
+        if (fx > 0) == (fa > 0):
             a, fa = x, fx
             fb = fb / 2 if last_side > 0 else fb
             last_side = 1
@@ -270,7 +307,7 @@ class BppMemo:
             if cached is not None:
                 return cached
             avg_bpp = float(compute(beta_rate))
-            _atomic_write_json(path, {"beta_vq": beta_vq, "beta_rate": beta_rate, "avg_bpp": avg_bpp})
+            write_atomic(path, json.dumps({"beta_vq": beta_vq, "beta_rate": beta_rate, "avg_bpp": avg_bpp}))
             self.computed += 1
             return avg_bpp
 
@@ -286,12 +323,6 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
 
 
 # --- the reference's result files ----------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lightning_modules.evaluation.metrics import PatchDistributionMetrics, psnr_per_image, to_uint8
+from lightning_modules.evaluation.metrics import PatchDistributionMetrics, psnr_per_image
+from lightning_modules.images import from_uint8, save_png, to_uint8, to_uint8_rounded, write_atomic
 from lightning_modules.networks.dcvic import DCVIC, bits_per_sample
 from lightning_modules.stage2.search import read_best_search_row, search_csv_name
 
@@ -82,19 +82,14 @@ def reconstruct_and_measure(
         out = model(x.to(device), beta_rate, beta_vq, vq_indices=indices)
         q = out.entropy.q_likelihoods
         bpps.append((bits_per_sample(q["y"]) + bits_per_sample(q["z"])).cpu() / (x.shape[-2] * x.shape[-1]))
-        fake, real = to_uint8(out.x_hat).cpu(), to_uint8(x, rounding=True)  # originals are exact 8-bit values
+        fake, real = to_uint8(out.x_hat).cpu(), to_uint8_rounded(x)  # originals are exact 8-bit values
         psnrs.append(psnr_per_image(fake, real))
         for fake_image, real_image in zip(fake, real, strict=True):
             distribution.update(fake_image, real_image)
             if image_dir is not None:
-                save_png(fake_image, image_dir / f"{next(names)}.png")
+                save_png(image_dir / f"{next(names)}.png", fake_image)
     fid = distribution.compute()["FID"]
     return float(torch.cat(bpps).mean()), float(torch.cat(psnrs).mean()), fid
-
-
-def save_png(image_u8: Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_u8.permute(1, 2, 0).numpy()).save(path)
 
 
 def select_betas(
@@ -183,11 +178,7 @@ def write_selected_yaml(chosen: Sequence[PairScore], targets: Sequence[float], p
         f"(bpp {p.bpp:.4f}, PSNR {p.psnr:.3f}, FID {p.fid:.3f})"
         for k, (t, p) in enumerate(zip(targets, chosen, strict=True))
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(table))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, "\n".join(header) + "\n" + OmegaConf.to_yaml(table))
 
 
 class RandomPatchFeatures(nn.Module):
@@ -208,5 +199,4 @@ class RandomPatchFeatures(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, patches_u8: Tensor) -> Tensor:
-        x = patches_u8.float() / 127.5 - 1.0
-        return self.conv2(torch.relu(self.conv1(x))).mean(dim=(2, 3))  # (B, num_features)
+        return self.conv2(torch.relu(self.conv1(from_uint8(patches_u8)))).mean(dim=(2, 3))  # (B, num_features)

@@ -3,6 +3,8 @@
 The crop positions follow the reference's random streams exactly: the sorted listing is shuffled by
 ``np.random.RandomState(seed)``, and for every image at least ``crop_size`` on both sides Python's
 ``random.Random(seed)`` draws ``top`` then ``left`` (inclusive bounds). Images too small draw nothing.
+Sizes and crops are of the image as viewers show it (EXIF orientation applied, like every reader here); for
+a rotated phone JPEG that differs from the reference, which crops the stored, unrotated pixels.
 
 Every crop is written as ``<stem>.png`` + ``<stem>.npy`` (uint8, (crop/8, crop/8)), each file atomically,
 so re-running the builder only fills in what is missing, with the same crops. ``crops.csv`` records where
@@ -21,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lightning_modules.images import ImageReadError, atomic_path, image_to_tensor, load_rgb, oriented_size, save_png
 from lightning_modules.model_file import load_model_file
 from lightning_modules.networks.vqgan import FrozenVQGAN
 
@@ -68,10 +70,9 @@ def iter_crop_plans(
     rng = random.Random(seed)
     for path in files:
         try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError) as exc:
-            log.warning("skipping unreadable image %s (%s)", path, exc)
+            width, height = oriented_size(path)
+        except ImageReadError as exc:
+            log.warning("skipping %s", exc)
             if unreadable is not None:
                 unreadable.append(str(path))
             continue
@@ -111,8 +112,8 @@ def build_validation_set(
                 break
             try:
                 wrote = _materialise(plan, out_dir, crop_size, tokenizer, device)
-            except (UnidentifiedImageError, OSError) as exc:
-                log.warning("skipping %s: cannot decode (%s)", plan.source, exc)
+            except ImageReadError as exc:
+                log.warning("skipping %s", exc)
                 report.unreadable.append(plan.source)
                 continue
             report.written += wrote
@@ -130,24 +131,14 @@ def _materialise(plan: CropPlan, out_dir: Path, crop_size: int, tokenizer: Froze
     png, npy = out_dir / f"{plan.name}.png", out_dir / f"{plan.name}.npy"
     if png.is_file() and npy.is_file():
         return False
-    with Image.open(plan.source) as image:
-        box = (plan.left, plan.top, plan.left + crop_size, plan.top + crop_size)
-        crop = image.convert("RGB").crop(box)
-    x = image_to_tensor(np.asarray(crop)).unsqueeze(0).to(device)
+    box = (plan.left, plan.top, plan.left + crop_size, plan.top + crop_size)
+    crop = load_rgb(plan.source).crop(box)
     with torch.no_grad():
-        indices = tokenizer.encode(x).indices[0]  # (crop/8, crop/8)
-    tmp_npy = npy.with_name(f".{npy.stem}.partial.npy")
-    np.save(tmp_npy, indices.cpu().numpy().astype(np.uint8))
-    tmp_npy.replace(npy)
-    tmp_png = png.with_name(f".{png.stem}.partial.png")
-    crop.save(tmp_png, format="PNG")
-    tmp_png.replace(png)
+        indices = tokenizer.encode(image_to_tensor(crop).to(device)).indices[0]  # (crop/8, crop/8)
+    with atomic_path(npy) as tmp:
+        np.save(tmp, indices.cpu().numpy().astype(np.uint8))
+    save_png(png, crop)
     return True
-
-
-def image_to_tensor(rgb_u8: np.ndarray) -> Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1] (ToTensor then Normalize(0.5, 0.5))."""
-    return torch.from_numpy(np.array(rgb_u8, copy=True)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 class CachedVQDataset(Dataset):
@@ -174,8 +165,7 @@ class CachedVQDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         png = self.pngs[index]
-        with Image.open(png) as image:
-            x = image_to_tensor(np.asarray(image.convert("RGB")))
+        x = image_to_tensor(load_rgb(png))[0]
         indices = torch.from_numpy(np.load(png.with_suffix(".npy")).astype(np.int64))
         return x, indices
 

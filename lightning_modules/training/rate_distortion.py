@@ -1,14 +1,16 @@
 """Stages 1_1 and 1_2: rate-distortion pre-training with an auxiliary optimizer for the bottleneck quantiles.
 
-One iteration (design §4.4, §4.5, §4.8)::
+One iteration, in the reference's order (design §4.4, §4.5, §4.8)::
 
-    zero main + aux grads → forward → loss, aux = EntropyBottleneck.loss() → [anomaly? skip everything]
-    → backward(loss + aux) → clip(main params, 1.0) → main step → main scheduler step → aux step
+    zero main + aux grads → forward → loss → [anomaly? skip everything]
+    → backward(loss) → clip(main params, 1.0) → main step → main scheduler step
+    → aux = EntropyBottleneck.loss() on the just-updated density parameters → aux gradient → aux step
 
-The reference runs two backward passes; one pass over the sum gives the same gradients because the two losses touch
-disjoint parameters (the main loss gives the quantiles an exactly-zero gradient through the STE, and the aux loss
-stops its gradient into the density parameters). One backward per forward is what DDP needs without
-``find_unused_parameters``.
+The main loss reaches the quantiles only through the STE's ``− m + m``, an exactly-zero gradient; the aux loss
+stops its gradient into the density parameters, so it moves the quantiles alone. Its gradient is taken with
+``torch.autograd.grad``, outside DDP's reducer (which expects every parameter in each backward it prepares): the aux
+loss is a function of parameters only, identical on every rank after the synchronised main step, so its gradient
+needs no all-reduce.
 """
 
 from __future__ import annotations
@@ -74,17 +76,28 @@ class RateDistortionSystem(DCVICSystem):
         beta_rate, beta_vq = self.sample_betas(batch.shape[0])
         out = self.forward_train(batch, beta_rate, beta_vq)
         terms = self.loss(batch, out, beta_rate, beta_vq)
-        aux_loss = self.network.entropy_model_z.loss()  # quantiles only
         if self.skip_iteration(terms["loss"]):
             return
 
-        # --- updates: main (clipped, scheduled), then aux ---
-        self.manual_backward(terms["loss"] + aux_loss)
+        # --- main update (clipped, scheduled) ---
+        self.manual_backward(terms["loss"])
         self.clip_gradients(main_opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         main_opt.step()
         scheduler.step()
+
+        # --- aux update of the quantiles, on the density parameters just updated ---
+        aux_loss = self.accumulate_aux_gradient()
         aux_opt.step()
 
         self.log_terms("train", {**terms, "aux": aux_loss})
         self.log_output_stats(out)
         self.log_learning_rates({"main": main_opt, "aux": aux_opt})
+
+    def accumulate_aux_gradient(self) -> Tensor:
+        """Aux loss of the current density parameters; its gradient is added to ``quantiles.grad``."""
+        bottleneck = self.network.entropy_model_z
+        aux_loss = bottleneck.loss()
+        (grad,) = torch.autograd.grad(aux_loss, [bottleneck.quantiles])
+        quantiles = bottleneck.quantiles
+        quantiles.grad = grad if quantiles.grad is None else quantiles.grad + grad
+        return aux_loss.detach()

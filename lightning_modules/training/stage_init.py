@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
+from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
 from lightning_modules.training.system import DCVICSystem
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def load_optimizer_states(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"optimizer states requested but {path} does not exist (init_from must be a run dir)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # our checkpoints hold plain types only
     return checkpoint["optimizer_states"]
 
 
@@ -76,12 +76,16 @@ def initialize_from_predecessor(
 
 
 def export_model_file(system: DCVICSystem, architecture: dict[str, Any], path: str | Path, source: str) -> Path:
-    """Final stage weights as a dcvic model file (the VQGAN is included; no checkpoint path is needed to build)."""
+    """Final stage weights as a dcvic model file (the VQGAN is included; no checkpoint path is needed to build).
+
+    The quality table is the pairs the stage trained on when it had selected ones (stage 3), else none: a
+    stage 1_x model has never been measured at any pair, so it must not claim the released table.
+    """
     discriminator = getattr(system, "discriminator", None)
     model_file = ModelFile(
         architecture={**architecture, "vqgan_checkpoint": None},
         state_dict={k: v.detach().cpu() for k, v in system.network.state_dict().items()},
-        quality_table=system.betas.quality_table() or dict(RELEASED_QUALITY_TABLE),
+        quality_table=system.betas.quality_table(),
         discriminator=None if discriminator is None else {k: v.cpu() for k, v in discriminator.state_dict().items()},
         source=source,
     )

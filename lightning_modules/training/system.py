@@ -8,43 +8,35 @@ iteration loop. It is saved in every checkpoint together with the RNG states and
 from __future__ import annotations
 
 import contextlib
-import random
+import logging
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_modules.networks.dcvic import DCVIC, DCVICOutput
-from lightning_modules.training.beta_sampling import NoBetaSampler, SelectedBetaSampler, UniformBetaSampler
+from lightning_modules.training.beta_sampling import (
+    FixedBetaSampler,
+    NoBetaSampler,
+    SelectedBetaSampler,
+    UniformBetaSampler,
+)
 from lightning_modules.training.losses import DCVICLoss, is_anomalous
+from lightning_modules.training.randomness import (
+    beta_generator,
+    collect_rng_states,
+    gather_rank_states,
+    restore_rng_states,
+    run_seed,
+    seed_rank_streams,
+)
 from lightning_modules.training.validation_metrics import validation_metrics
 
-BetaSampler = UniformBetaSampler | SelectedBetaSampler | NoBetaSampler
+BetaSampler = UniformBetaSampler | SelectedBetaSampler | FixedBetaSampler | NoBetaSampler
 NEVER_RUN_PREFIXES = ("decoder.conv4.", "decoder.beta_ft_list.8.")
 PERCEPTUAL_PREFIX = "loss.perceptual."
-
-
-def collect_rng_states() -> dict[str, Any]:
-    """torch / numpy / Python RNG states as plain types, so ``torch.load(weights_only=True)`` can read them."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+log = logging.getLogger(__name__)
 
 
 def freeze_never_run(network: DCVIC) -> None:
@@ -75,7 +67,15 @@ class DCVICSystem(L.LightningModule):
         self.bf16 = bf16
         self.log_every = log_every
         self.iteration = 0
+        self.beta_generator = beta_generator(run_seed(), 0)  # per rank from setup("fit") on
         freeze_never_run(network)
+
+    def setup(self, stage: str) -> None:
+        """Per-rank random streams, once the rank is known and before a resumed checkpoint restores them."""
+        if stage != "fit":
+            return
+        seed = seed_rank_streams(self.global_rank, self.trainer.world_size)
+        self.beta_generator = beta_generator(seed, self.global_rank)
 
     # --- forward ---
 
@@ -97,7 +97,7 @@ class DCVICSystem(L.LightningModule):
         return DCVICOutput(synthesis.x_hat.float(), y, entropy.y_hat, entropy, vq, synthesis, num_pixels=n * h * w)
 
     def sample_betas(self, batch_size: int) -> tuple[Tensor | None, Tensor | None]:
-        return self.betas.sample(batch_size)
+        return self.betas.sample(batch_size, generator=self.beta_generator)
 
     # --- iteration bookkeeping ---
 
@@ -160,19 +160,36 @@ class DCVICSystem(L.LightningModule):
     # --- checkpoint state ---
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the iteration and RNG states; LPIPS weights come from their own file and are not stored."""
+        """Keep the iteration and every rank's RNG states; LPIPS weights come from their own file, not stored."""
         checkpoint["dcvic_iteration"] = self.iteration
-        checkpoint["dcvic_rng_states"] = collect_rng_states()
+        states = {**collect_rng_states(), "beta": self.beta_generator.get_state()}
+        checkpoint["dcvic_rng_states"] = gather_rank_states(states)  # list, one entry per rank
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(PERCEPTUAL_PREFIX)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.iteration = int(checkpoint.get("dcvic_iteration", 0))
-        if "dcvic_rng_states" in checkpoint:
-            restore_rng_states(checkpoint["dcvic_rng_states"])
+        self.restore_rank_rng_states(checkpoint.get("dcvic_rng_states"))
         for key, value in self.loss.perceptual.state_dict().items():
             checkpoint["state_dict"][PERCEPTUAL_PREFIX + key] = value
+
+    def restore_rank_rng_states(self, saved: list[dict[str, Any]] | dict[str, Any] | None) -> None:
+        """This rank's saved streams; a checkpoint from fewer ranks leaves the extra ranks their fresh seeds."""
+        if saved is None:
+            return
+        saved = [saved] if isinstance(saved, dict) else saved  # older single-process checkpoints
+        if self.global_rank >= len(saved):
+            log.warning(
+                "rank %d: the checkpoint holds RNG states of %d rank(s); this rank keeps its fresh seed + rank streams",
+                self.global_rank,
+                len(saved),
+            )
+            return
+        states = saved[self.global_rank]
+        restore_rng_states(states)
+        if "beta" in states:
+            self.beta_generator.set_state(states["beta"])
 
     # --- parameter partition ---
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import (
@@ -10,19 +9,17 @@ from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
 )
 
+from lightning_modules.evaluation.metrics import MS_SSIM_MIN_SIDE
+from lightning_modules.images import to_uint8
 from lightning_modules.networks.dcvic import DCVICOutput
-
-MS_SSIM_MIN_SIDE = 161  # five scales of an 11-px window need > 160 px
-
-
-def to_uint8_levels(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 255] *truncated* like the reference's PNG writer (design §8.1 quirk 11), as float."""
-    return ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).float()
 
 
 def validation_metrics(x: Tensor, out: DCVICOutput) -> dict[str, Tensor]:
-    """bpp (quantised-likelihood estimate), PSNR and MS-SSIM on truncated 8-bit values, VQ accuracy and MSE."""
-    target, pred = to_uint8_levels(x), to_uint8_levels(out.x_hat)
+    """bpp (quantised-likelihood estimate), PSNR and MS-SSIM on truncated 8-bit values, VQ accuracy and MSE.
+
+    Truncation like the reference's PNG writer (design §8.1 quirk 11); MS-SSIM only where it is defined.
+    """
+    target, pred = to_uint8(x).float(), to_uint8(out.x_hat).float()
     metrics = {
         "bpp": out.bpp(),
         "psnr": peak_signal_noise_ratio(pred, target, data_range=255.0),

@@ -14,8 +14,6 @@ beta-free PatchGAN. Like the DC-VIC systems, this one counts ``iteration`` (one 
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +26,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from lightning_modules.images import atomic_path
 from lightning_modules.networks.vqgan_trainable import TrainableVQGAN
 from lightning_modules.perceptual import build_lpips
+from lightning_modules.training.randomness import seed_rank_streams
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -62,7 +62,7 @@ def optional_lpips(backbone_weights: str | None) -> nn.Module | None:
     A random-backbone LPIPS would be a meaningless training signal, so stage 0 drops the term instead.
     """
     if backbone_weights is None:
-        warnings.warn("stage 0 trains without LPIPS: paths.alexnet_weights is null", stacklevel=2)
+        log.info("stage 0 trains without LPIPS (paths.alexnet_weights is null)")
         return None
     return build_lpips(backbone_weights)
 
@@ -132,6 +132,11 @@ class VQGANSystem(L.LightningModule):
         self.codebook_from_data = codebook_from_data
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.iteration = 0
+
+    def setup(self, stage: str) -> None:
+        """Each DDP rank crops its own way (global RNGs from seed + rank, as in the DC-VIC systems)."""
+        if stage == "fit":
+            seed_rank_streams(self.global_rank, self.trainer.world_size)
 
     @property
     def discriminator_active(self) -> bool:
@@ -265,10 +270,7 @@ def export_taming_checkpoint(source: VQGANSystem | TrainableVQGAN, path: str | P
     It loads like the official file: ``load_vqgan(path, **torch.load(path)["architecture"])``.
     """
     vqgan = source.vqgan if isinstance(source, VQGANSystem) else source
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu").clone() for key, value in vqgan.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"state_dict": state, "architecture": dict(vqgan.architecture)}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "architecture": dict(vqgan.architecture)}, tmp)
+    return Path(path)

@@ -8,7 +8,7 @@ import numpy as np
 import skimage.data
 import torch
 
-from lightning_modules.model_file import ModelFile, save_model_file
+from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, QualityTable, save_model_file
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic
 
 MICRO_ARCHITECTURE: dict = dict(
@@ -35,10 +35,17 @@ def seeded_model(architecture: dict, seed: int = 0) -> DCVIC:
     return build_dcvic(**architecture).eval()
 
 
-def write_model_file(path: Path, architecture: dict = TINY_ARCHITECTURE, seed: int = 0) -> Path:
-    """A dcvic model file with random weights, in the real format the CLI loads."""
+def write_model_file(
+    path: Path,
+    architecture: dict = TINY_ARCHITECTURE,
+    seed: int = 0,
+    quality_table: QualityTable | None = RELEASED_QUALITY_TABLE,
+) -> Path:
+    """A dcvic model file with random weights, in the real format the CLI loads (by default with the released
+    pairs as its quality table, like a converted release; ``None`` like a stage-1_x model)."""
     state_dict = seeded_model(architecture, seed).state_dict()
-    return save_model_file(path, ModelFile(architecture=dict(architecture), state_dict=state_dict, source="test"))
+    model_file = ModelFile(dict(architecture), state_dict, quality_table=quality_table, source="test")
+    return save_model_file(path, model_file)
 
 
 def photo(name: str, height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:

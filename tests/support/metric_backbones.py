@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import alexnet
+from torchvision.models import alexnet, inception_v3
 from torchvision.models.vgg import make_layers
 
 from lightning_modules.evaluation.metrics import DistsNetwork, MetricSuite, build_lpips_metric
@@ -49,6 +49,24 @@ def write_random_alexnet(path: Path, seed: int = 0) -> Path:
     """torchvision AlexNet ``features.*`` tensors (random) in a file, as the real weights file lays them out."""
     torch.manual_seed(seed)
     torch.save({f"features.{k}": v for k, v in alexnet().features.state_dict().items()}, path)
+    return path
+
+
+def write_random_fid_inception(path: Path, seed: int = 0) -> Path:
+    """Random weights in the FID Inception's key layout (pytorch-fid's and torch-fidelity's files share it).
+
+    He-normal convolutions and identity batch norms keep pool3 features of order 0.1-1 through the 94 layers, so
+    FIDs between photo sets are far from zero (torchvision's default init shrinks them towards 0).
+    """
+    state = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in state.items():
+        if tensor.dim() == 4:
+            state[name] = torch.randn(tensor.shape, generator=generator) * (2 / tensor[0].numel()) ** 0.5
+        elif name == "fc.weight":
+            state[name] = torch.randn(tensor.shape, generator=generator) / tensor.shape[1] ** 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     return path
 
 

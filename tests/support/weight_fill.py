@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightning_modules.images import atomic_path
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Seed-string namespaces (WEIGHT_FILL.md section 2).
@@ -536,13 +538,8 @@ _VQGAN_LOSS_EXTRAS: tuple[tuple[str, tuple[int, ...]], ...] = (
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
     """Write via a temporary file so an interrupted run never leaves a truncated, reusable cache file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_authors_checkpoints(
