@@ -238,10 +238,10 @@ def test_whole_recipe_runs_in_order(stage2_inputs: dict[str, Path], tmp_path: Pa
     runs = tmp_path / "runs"
     command = [
         sys.executable, "entrypoints/train.py", "-m", "+stage=1_1,1_2,1_3,2,3", "network=tiny", "data=sample",
-        "data.crop_size=64", "data.batch_size=2", f"paths.runs_dir={runs}", f"paths.cache_dir={tmp_path / 'cache'}",
+        "++data.crop_size=64", "++data.batch_size=2", f"paths.runs_dir={runs}", f"paths.cache_dir={tmp_path / 'cache'}",
         f"paths.openimage_root={stage2_inputs['root']}", "max_iterations=2", "trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false", "callbacks.progress=null",
-        # stage 2 knobs exist only in stage 2's config, hence ++; an untrained model gets a loose tolerance
+        # stage 2 has no data node and only stage 2 a stage2 node, hence ++; an untrained model gets a loose tolerance
         "++stage2.num_images=2", "++stage2.beta_vqs=[1.0,3.0]", "++stage2.targets_bpp=[0.1,0.2]", "++stage2.workers=2",
         "++stage2.search.tolerance=10", "++stage2.search.batch_size=2", "++stage2.search.num_workers=0",
         "++stage2.search.device=cpu", "++stage2.fid_min_images=2",

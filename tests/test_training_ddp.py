@@ -49,7 +49,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path: Path, stage: str) -
     runs_dir = tmp_path / "runs"
     ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "init.init_from=null"]
     command = tiny_command(runs_dir, stage, 2, *ddp)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "PYTHONPATH": str(REPO)}  # tests.support
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = runs_dir / "dcvic" / f"stage_{stage}"
@@ -102,7 +102,7 @@ def test_ranks_draw_their_own_betas_noise_and_crops_and_resume_their_own_streams
     runs_dir, data_dir = tmp_path / "runs", tmp_path / "photo"
     data_dir.mkdir()
     Image.fromarray(skimage.data.astronaut()[::4, ::4]).save(data_dir / "astronaut.png")  # 128², crops of 64²
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "PYTHONPATH": str(REPO)}  # tests.support
     first_probe, second_probe = tmp_path / "probe_first", tmp_path / "probe_second"
     held = ddp_command(runs_dir, data_dir, first_probe, "+callbacks.probe.hold_at_iteration=2")
     log = tmp_path / "first.log"
