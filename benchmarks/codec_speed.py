@@ -13,7 +13,8 @@ minor page faults, and the peak RSS of the phase (VmHWM reset before it, so it i
         --authors-config config/dc_vic_patchgan.yaml --authors-checkpoint dc_vic_patchgan.pth.tar
 
 ``--authors`` needs the authors' checkpoint of the same weights as ``--checkpoint`` (e.g. our converter's input)
-and a checkout of their code that loads in its environment. Writes ``benchmarks/results/codec_speed_<name>_<H>x<W>.json`` (``--out``; none with ``--quick``).
+and a checkout of their code that loads in its environment. Writes
+``benchmarks/results/codec_speed_<name>_<H>x<W>.json`` (``--out``; none with ``--quick``).
 """
 
 from __future__ import annotations
@@ -301,7 +302,9 @@ def write_inputs(args: argparse.Namespace, work: Path) -> tuple[Path, Path, str]
     architecture = TINY_ARCHITECTURE if args.architecture == "tiny" else {}
     torch.manual_seed(0)
     model_path = work / "model.pt"
-    save_model_file(model_path, ModelFile(dict(architecture), build_dcvic(**architecture).state_dict(), RELEASED_QUALITY_TABLE))
+    save_model_file(
+        model_path, ModelFile(dict(architecture), build_dcvic(**architecture).state_dict(), RELEASED_QUALITY_TABLE)
+    )
     return model_path, image, f"random, seed 0 ({args.architecture} architecture)"
 
 

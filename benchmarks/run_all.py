@@ -26,6 +26,8 @@ BENCHMARKS: tuple[str, ...] = (
     "train_speed",  # training iterations per second, fp32 and bf16
     "codec_memory",  # peak memory and time of compress / decompress
     "codec_speed",  # exact vs fast mode, alternating, medians
+    "fast_mode_quality",  # PSNR and bpp of fast mode against exact mode on photos
+    "tile_costs",  # a large image under both tiling rules, from timed tiles
     "stage0_vqgan",  # stage-0 VQGAN training speed and PSNR
 )
 

@@ -187,9 +187,7 @@ def prepare_image(
         return PreparedImage(x_pad, model.vq_encode(x_pad, grid=vq_grid, fast_kernels=fast), *x.shape[-2:])
 
 
-def analyse(
-    model: DCVIC, image: PreparedImage, conditioning: Conditioning, dtype: torch.dtype | None = None
-) -> Tensor:
+def analyse(model: DCVIC, image: PreparedImage, conditioning: Conditioning, dtype: torch.dtype | None = None) -> Tensor:
     """Prepared image → ``y`` (§6.3 step 2; the encoder is tiled above 1344 px), in the prepared image's layout."""
     beta_rate, beta_vq = conditioning.betas()
     with image_precision(image.x_pad.device, dtype):
