@@ -38,6 +38,8 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     checks = json.loads((report / "checks.json").read_text())
     assert checks["real_bpp_by_quality"] == pytest.approx(list(rd["bpp"]), rel=1e-12)  # rd.csv: a text round trip
     assert checks["min_psnr_db"] == pytest.approx(rd["PSNR"].min(), rel=1e-12)
+    assert checks["psnr_gain_db"] == pytest.approx(rd["PSNR"].iloc[-1] - rd["PSNR"].iloc[0], rel=1e-9)
+    assert {"bpp_ratio_met", "psnr_gain_met", "selection_monotone", "vqgan_reconstruction_psnr_db"} <= checks.keys()
     assert len(list((report / "evaluation" / "bitstreams" / "q0").glob("*.dcvic"))) == len(demo.HELD_OUT)
 
     model_time = demo.stage_output(tmp_path, "demo", "3").stat().st_mtime
@@ -46,16 +48,22 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert demo.stage_output(tmp_path, "demo", "3").stat().st_mtime == model_time
 
 
-def test_stage2_targets_lie_inside_the_reachable_range():
+def test_stage2_targets_span_the_reachable_range():
     targets, tolerance = demo.stage2_targets(0.04, 0.05)
-    assert targets == sorted(targets) and 0.04 < targets[0] and targets[-1] < 0.05
+    assert targets == sorted(targets) and targets[0] == 0.04 and targets[-1] == 0.05 and len(set(targets)) == 5
     assert 0 < tolerance <= 0.001
     flat_targets, flat_tolerance = demo.stage2_targets(0.05, 0.04)
     assert len(flat_targets) == 5 and flat_tolerance == 1.0
 
 
 def test_report_checks_flag_a_rate_that_does_not_rise_and_a_low_psnr():
-    good = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.04, 0.05], "PSNR": [18.0, 18.5, 19.0]}))
+    good = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.04, 0.05], "PSNR": [18.0, 18.5, 19.0]}), [2.0, 1.0, 0.5])
     assert good["real_bpp_rises_with_quality"] and good["psnr_above_threshold"] and good["min_psnr_db"] == 18.0
-    bad = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.05, 0.04], "PSNR": [12.0, 18.5, 19.0]}))
+    assert good["bpp_ratio_highest_to_lowest"] == pytest.approx(5 / 3) and good["bpp_ratio_met"]
+    assert good["psnr_gain_db"] == pytest.approx(1.0) and good["psnr_gain_met"] and good["selection_monotone"]
+    bad = demo.report_checks(pd.DataFrame({"bpp": [0.03, 0.05, 0.04], "PSNR": [12.0, 18.5, 12.5]}), [2.0, 2.0, 0.5])
     assert not bad["real_bpp_rises_with_quality"] and not bad["psnr_above_threshold"]
+    assert not bad["bpp_ratio_met"] and not bad["psnr_gain_met"] and not bad["selection_monotone"]
+    lines = demo.check_lines(bad)
+    assert len(lines) == 5 and all("NO" in line or "BELOW" in line for line in lines)
+    assert "selection_monotone" not in demo.report_checks(pd.DataFrame({"bpp": [0.03], "PSNR": [18.0]}))

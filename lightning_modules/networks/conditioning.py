@@ -102,3 +102,12 @@ class BetaScaleShift(nn.Module):
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         s = self.shared(cond)  # cond: (N, C, 1, 1)
         return x * (1 + self.scale(s)) + self.shift(s)
+
+    @torch.no_grad()
+    def start_as(self, gain: float) -> None:
+        """Zero the output convolutions so that, whatever the betas, ``forward(x) = gain · x`` until training moves
+        them (design §4.5: a short stage 1_2 then starts from stage 1_1's function instead of a perturbed one)."""
+        for conv in (self.scale, self.shift):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        self.scale.bias.fill_(gain - 1.0)

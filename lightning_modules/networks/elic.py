@@ -145,6 +145,11 @@ class ElicVqEncoder(nn.Module):
                 x = x + self.projection(torch.cat([vq_feat, x], dim=1))
         return x
 
+    def start_conditioning_as_identity(self) -> None:
+        """Every FT module passes its input through unchanged (see :meth:`BetaScaleShift.start_as`)."""
+        for ft in self.beta_ft_list:
+            ft.start_as(1.0)
+
 
 @dataclass
 class DecoderFeatures:
@@ -210,3 +215,9 @@ class ElicFeatureDecoder(nn.Module):
                 if len(fusion) == len(self.fusion_layers):
                     break
         return DecoderFeatures(t=fusion["block_1_8"], fusion=fusion)
+
+    def start_conditioning_as_identity(self) -> None:
+        """FT modules pass through and ``init_fuse`` outputs zero, so ``init_fuse(ŷ) + ŷ = ŷ`` (not ``2ŷ``)."""
+        self.init_fuse.start_as(0.0)
+        for ft in self.beta_ft_list:
+            ft.start_as(1.0)

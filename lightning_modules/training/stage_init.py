@@ -48,6 +48,14 @@ def load_network_weights(system: DCVICSystem, model_file: ModelFile, allowed_mis
         log.info("kept fresh initialisation for %d allowed-missing keys", len(result.missing_keys))
 
 
+def start_conditioning_as_identity(network: torch.nn.Module) -> None:
+    """Identity start for the encoder's and decoder's beta modules (a no-op for a network without them). Called
+    before the predecessor's weights load, so modules the predecessor has keep its weights."""
+    for part in (network.encoder, network.decoder):
+        if getattr(part, "dual_conditioned", False):
+            part.start_conditioning_as_identity()
+
+
 def load_optimizer_states(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
@@ -62,9 +70,16 @@ def initialize_from_predecessor(
     allowed_missing: Sequence[str] = (),
     load_discriminator: bool = False,
     load_optimizer_moments: bool = False,
+    identity_conditioning: bool = False,
 ) -> None:
-    """Load the predecessor's network (and discriminator / Adam moments for stage 3) into a fresh system."""
+    """Load the predecessor's network (and discriminator / Adam moments for stage 3) into a fresh system.
+
+    ``identity_conditioning`` (the CPU demo): beta-conditioning modules that the predecessor lacks start as the
+    identity, so stage 1_2 begins as exactly the stage 1_1 function (design §4.5); later stages load them.
+    """
     model_file = load_model_file(resolve_model_file(init_from))
+    if identity_conditioning:
+        start_conditioning_as_identity(system.network)
     load_network_weights(system, model_file, allowed_missing)
     if load_discriminator:
         if model_file.discriminator is None:
