@@ -30,7 +30,7 @@ from entrypoints.train import quote_stage_choices
 from lightning_modules.evaluation.metrics import build_metric_suite, psnr_per_image
 from lightning_modules.images import from_uint8, read_rgb, save_png, to_chw, to_uint8
 from lightning_modules.model_file import load_model_file
-from lightning_modules.networks.dcvic import pad_to_multiple
+from lightning_modules.networks.dcvic import DCVIC, pad_to_multiple
 from lightning_modules.stage2.jobs import average_bpp, load_eval_model, validation_loader
 from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
 from lightning_modules.training.stage_init import resolve_model_file
@@ -169,19 +169,19 @@ PSNR_GAIN_TARGET_DB = 1.0
 
 
 @torch.no_grad()
-def vqgan_reconstruction_psnr(model_file: Path, held_out: Path) -> float:
+def vqgan_reconstruction_psnr(model: DCVIC, held_out: Path) -> float:
     """Mean PSNR of the model's frozen VQGAN decoding each held-out image from its own (true) codes.
 
     The codec decodes *predicted* codes through this VQGAN, so unless the fusion blocks have learned to add detail
     this is about the best PSNR any quality can reach: when the qualities' PSNRs sit at it, extra bits cannot show.
     """
-    vqgan = load_model_file(model_file).build_model().eval().vq_model
+    vqgan = model.eval().vq_model
     values = []
     for path in sorted(held_out.glob("*.png")):
         original = to_chw(read_rgb(path)).unsqueeze(0)
         x = from_uint8(original)
         h, w = x.shape[-2:]
-        padded = pad_to_multiple(x, 64)
+        padded = pad_to_multiple(x, model.pad_multiple)  # as the codec pads
         decoded = vqgan.decode(vqgan.encode(padded).latent)[..., :h, :w]
         values.append(float(psnr_per_image(to_uint8(decoded), original)))
     return sum(values) / len(values)
@@ -252,7 +252,8 @@ def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
     report = runs_dir / run_name / "report"
     held_out = write_held_out(report / "held_out", image_size)
     model_file = stage_output(runs_dir, run_name, "3")
-    selected_beta_rate = [float(b) for b in load_model_file(model_file).quality_table["beta_rate"]]
+    model_data = load_model_file(model_file)
+    selected_beta_rate = [float(b) for b in model_data.quality_table["beta_rate"]]
     qualities = range(len(selected_beta_rate))
     eval_dir = report / "evaluation"
     shutil.rmtree(eval_dir, ignore_errors=True)  # evaluate() resumes by image name; these crops may be new
@@ -277,7 +278,7 @@ def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
         if logs.is_dir():
             shutil.copytree(logs, report / "tensorboard" / f"stage_{stage}", dirs_exist_ok=True)
     print(summary[["setting", "bpp", "PSNR", "MS-SSIM"]].to_string(index=False), flush=True)
-    checks = report_checks(summary, selected_beta_rate, vqgan_reconstruction_psnr(model_file, held_out))
+    checks = report_checks(summary, selected_beta_rate, vqgan_reconstruction_psnr(model_data.build_model(), held_out))
     (report / "checks.json").write_text(json.dumps(checks, indent=2))
     for line in check_lines(checks):
         print(f"[demo] {line}", flush=True)

@@ -52,7 +52,7 @@ def start_conditioning_as_identity(network: torch.nn.Module) -> None:
     """Identity start for the encoder's and decoder's beta modules (a no-op for a network without them). Called
     before the predecessor's weights load, so modules the predecessor has keep its weights."""
     for part in (network.encoder, network.decoder):
-        if getattr(part, "dual_conditioned", False):
+        if part.dual_conditioned:
             part.start_conditioning_as_identity()
 
 
