@@ -256,7 +256,6 @@ def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
     selected_beta_rate = [float(b) for b in model_data.quality_table["beta_rate"]]
     qualities = range(len(selected_beta_rate))
     eval_dir = report / "evaluation"
-    shutil.rmtree(eval_dir, ignore_errors=True)  # evaluate() resumes by image name; these crops may be new
     suite = build_metric_suite(lpips=False, dists=False, fid=False)
     summary = evaluate(
         model_file,

@@ -146,6 +146,18 @@ def test_a_rerun_resumes_without_recoding(evaluated, model_file, photos, suite, 
     assert len(pd.read_csv(out / "per_image.csv")) == 4
 
 
+def test_an_image_replaced_under_the_same_name_is_scored_again(model_file, suite, tmp_path) -> None:
+    folder, out = tmp_path / "images", tmp_path / "evaluation"
+    save_photo(folder, "photo.png", skimage.data.astronaut()[40:104, 200:264])
+    first = evaluate(model_file, folder, out, suite, qualities=[0], model_name="tiny")
+    save_photo(folder, "photo.png", skimage.data.coffee()[100:148, 300:364])  # new pixels, other size
+    second = evaluate(model_file, folder, out, suite, qualities=[0], model_name="tiny")
+    rows = pd.read_csv(out / "per_image.csv")
+    assert len(rows) == 2 and rows["pixels_sha256"].nunique() == 2
+    assert (rows.iloc[-1]["height"], rows.iloc[-1]["width"]) == (48, 64)
+    assert second["bpp"].iloc[0] == pytest.approx(rows.iloc[-1]["bpp"]) != first["bpp"].iloc[0]
+
+
 def test_a_corrupt_image_stops_with_its_name_and_keeps_finished_rows(model_file, suite, tmp_path) -> None:
     folder = tmp_path / "images"
     save_photo(folder, "a_good.png", skimage.data.chelsea()[:64, :64])

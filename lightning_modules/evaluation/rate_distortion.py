@@ -14,12 +14,14 @@ patches (datasets of at least 50 images). :func:`evaluate` writes::
 ``targets.target_bpps=[0.05,0.1]`` adds points at target rates: each image gets the beta_rate whose real
 file meets the target (``lightning_modules/evaluation/rate_targets.py``).
 
-Re-running with the same ``output_dir`` resumes: scored images are skipped (their PNGs feed FID/KID again).
+Re-running with the same ``output_dir`` resumes: scored images are skipped (their PNGs feed FID/KID again),
+unless the image's pixels changed since (a new crop under the same name is scored again).
 Every file is written atomically, so a crash never leaves a bitstream or PNG that a resumed run would trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -146,7 +148,8 @@ class PerImageLog:
     """``per_image.csv``: one row appended per scored image, read back to resume.
 
     Rows are keyed by the model's weight fingerprint too, so a folder reused with other weights recomputes
-    instead of mixing two models' numbers; a row cut short by a crash (no bpp) counts as not done.
+    instead of mixing two models' numbers, and record the digest of the image's pixels, so an image replaced
+    under the same name is scored again; a row cut short by a crash (no bpp) counts as not done.
     """
 
     def __init__(self, path: Path, fingerprint: str) -> None:
@@ -154,12 +157,13 @@ class PerImageLog:
         self.fingerprint = fingerprint
         self.rows: dict[tuple[str, str], dict] = {}
         if path.is_file() and path.stat().st_size:
-            table = pd.read_csv(path, dtype={"fingerprint": str}).dropna(subset=["bpp"])
+            table = pd.read_csv(path, dtype={"fingerprint": str, "pixels_sha256": str}).dropna(subset=["bpp"])
             for row in table[table["fingerprint"] == fingerprint].to_dict("records"):
                 self.rows[(row["setting"], row["image"])] = row
 
-    def done(self, setting: str, image: str) -> bool:
-        return (setting, image) in self.rows
+    def done(self, setting: str, image: str, pixels_sha256: str) -> bool:
+        row = self.rows.get((setting, image))
+        return row is not None and row.get("pixels_sha256") == pixels_sha256
 
     def append(self, row: dict) -> None:
         row = {"fingerprint": self.fingerprint, **row}
@@ -167,7 +171,7 @@ class PerImageLog:
         pd.DataFrame([row]).to_csv(self.path, mode="a", header=not has_header, index=False)
         self.rows[(row["setting"], row["image"])] = row
 
-    def table(self, setting: str) -> pd.DataFrame:
+    def table(self, setting: str) -> pd.DataFrame:  # one row per image: the latest
         return pd.DataFrame([row for (label, _), row in self.rows.items() if label == setting])
 
 
@@ -218,16 +222,23 @@ class EvaluationRun:
         for path in tqdm(self.images, desc=f"{self.model_name} {setting.label}", unit="img"):
             recon_path = self.output_dir / "reconstructions" / setting.label / f"{path.stem}.png"
             original = read_image(path)
-            if log_file.done(setting.label, path.name) and recon_path.is_file():
+            digest = hashlib.sha256(original.numpy().tobytes()).hexdigest()
+            if log_file.done(setting.label, path.name, digest) and recon_path.is_file():
                 reconstruction = read_image(recon_path)
             else:
-                reconstruction = self._code_and_score(setting, path, original, recon_path, log_file)
+                reconstruction = self._code_and_score(setting, path, original, digest, recon_path, log_file)
             if distribution is not None:
                 distribution.update(reconstruction, original)
         return summary_row(self.model_name, setting, log_file.table(setting.label), distribution)
 
     def _code_and_score(
-        self, setting: Setting, path: Path, original: torch.Tensor, recon_path: Path, log_file: PerImageLog
+        self,
+        setting: Setting,
+        path: Path,
+        original: torch.Tensor,
+        pixels_sha256: str,
+        recon_path: Path,
+        log_file: PerImageLog,
     ) -> torch.Tensor:
         bitstream = self.output_dir / "bitstreams" / setting.label / f"{path.stem}.dcvic"
         rate, x_hat = code_image(self.codec, original, setting, bitstream)
@@ -239,6 +250,7 @@ class EvaluationRun:
             "model": self.model_name,
             "setting": setting.label,
             "image": path.name,
+            "pixels_sha256": pixels_sha256,
             **asdict(setting.conditioning),
         }
         log_file.append({**row, **rate, **scores})
