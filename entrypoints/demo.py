@@ -53,7 +53,7 @@ def stage_overrides(stage: str, runs_dir: Path, run_name: str) -> list[str]:
     """The demo's command line for one stage (stage 0 trains the VQGAN that the other stages load)."""
     return [
         f"+stage={stage}",
-        f"network={'vqgan_tiny' if stage == '0' else 'tiny'}",
+        f"network={'vqgan_demo' if stage == '0' else 'demo'}",
         f"+experiment={'demo_stage0' if stage == '0' else 'demo'}",
         f"paths.runs_dir={runs_dir}",
         f"run_name={run_name}",

@@ -19,11 +19,13 @@ from entrypoints.train import CONFIG_DIR, quote_stage_choices
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE
 from lightning_modules.networks.conditioning import BetaRange
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE
+from lightning_modules.networks.vqgan import FrozenVQGAN
 from lightning_modules.training.beta_sampling import SelectedBetaSampler, load_selected_betas
 
 STAGES = ["0", "1_1", "1_2", "1_3", "2", "3"]
 RUNNERS = {"0": "train_vqgan", "2": "run_stage2"}  # every other stage: train_dcvic
-VQGAN_OF_SIZE = {"full": "vqgan_f8_n256", "tiny": "vqgan_tiny"}  # stage 0 trains the VQGAN of network=<size>
+# stage 0 trains the VQGAN of network=<size>
+VQGAN_OF_SIZE = {"full": "vqgan_f8_n256", "tiny": "vqgan_tiny", "demo": "vqgan_demo"}
 MISSING = (MissingMandatoryValue, InterpolationToMissingValueError)
 GRID_FILE = Path(CONFIG_DIR) / "stage2_grid" / "paper.yaml"
 
@@ -34,7 +36,7 @@ def compose_train(*overrides: str):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("size", ["full", "tiny"])
+@pytest.mark.parametrize("size", list(VQGAN_OF_SIZE))
 @pytest.mark.parametrize("data", ["openimage", "kodak", "folder", "sample"])
 def test_every_stage_composes(stage: str, size: str, data: str) -> None:
     network = VQGAN_OF_SIZE[size] if stage == "0" else size
@@ -78,7 +80,7 @@ def test_stage_specific_settings() -> None:
 def test_demo_stages_train_at_their_learning_rate_after_a_short_warm_up(stage: str) -> None:
     """The paper's schedules are sized for 500 k iterations; in the demo's few hundred the main optimizer must
     still reach its configured rate within the first 10 % (the 50 k warm-up once kept stage 1_1 at a tenth)."""
-    cfg = compose_train(f"+stage={stage}", "network=tiny", "+experiment=demo")
+    cfg = compose_train(f"+stage={stage}", "network=demo", "+experiment=demo")
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = instantiate(cfg.optim.optimizer)([weight])
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
@@ -106,6 +108,26 @@ def test_tiny_network_matches_tiny_architecture() -> None:
     for key, value in TINY_ARCHITECTURE.items():
         assert network[key] == (list(value) if isinstance(value, tuple) else value), key
     assert network["vqgan_checkpoint"] is None
+
+
+def test_demo_vqgan_keeps_flat_regions_colour_that_the_tiny_one_loses() -> None:
+    """design §3.9: taming's last GroupNorm (32 groups) sees one channel per group at 32 full-resolution channels
+    and maps every flat feature map to the same output; the demo's stage 0 and stages 1-3 use 64 channels there."""
+    stage0 = OmegaConf.to_container(compose_train("+stage=0", "network=vqgan_demo").network)
+    codec = OmegaConf.to_container(compose_train("+stage=1_1", "network=demo").network)
+    assert codec["vqgan_ch_mult"] == stage0["ch_mult"] and codec["vqgan_ch"] == stage0["ch"]
+
+    def flat_outputs(ch_mult: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        norm_out = FrozenVQGAN(ch=stage0["ch"], ch_mult=tuple(ch_mult), num_res_blocks=1).decoder.norm_out
+        torch.nn.init.normal_(norm_out.weight)
+        channels = norm_out.num_channels
+        dark, bright = torch.randn(2, 1, channels, 1, 1).expand(2, 1, channels, 8, 8)
+        return norm_out(dark), norm_out(bright)
+
+    assert torch.allclose(*flat_outputs(TINY_ARCHITECTURE["vqgan_ch_mult"]), atol=1e-4)  # flat: content lost
+    dark, bright = flat_outputs(stage0["ch_mult"])
+    assert (dark - bright).abs().max() > 0.1
 
 
 def test_wrong_key_is_rejected() -> None:
