@@ -65,6 +65,26 @@ def test_fused_blocks_equal_taming_up_to_float_rounding(vqgan: FrozenVQGAN) -> N
     assert float((fused - exact).abs().max()) <= 1e-5 * max(1.0, float(exact.abs().max()))
 
 
+def test_fused_attention_hands_sdpa_rows_with_unit_stride(vqgan: FrozenVQGAN, monkeypatch) -> None:
+    """An NCHW map gives ``(hw, C)`` rows with stride ``hw``: SDPA would then take the kernel that holds the
+    ``(hw)²`` score matrix (6 GiB for one large synthesis tile). Both layouts must reach it packed."""
+    seen = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        seen.append(all(t.is_contiguous() for t in (q, k, v)))
+        return real_sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    block = next(m for m in vqgan.modules() if isinstance(m, AttnBlock))
+    h = torch.randn(1, block.in_channels, 16, 24)
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            fused = attention_block(block, h.contiguous(memory_format=layout), fused=True)
+            torch.testing.assert_close(fused, block(h), rtol=0, atol=1e-5)
+    assert seen == [True, True]
+
+
 def test_fusion_in_place_path_equals_the_autograd_path() -> None:
     """The no-grad (in place) decoder is the training decoder's arithmetic: bit for bit, and fused within 1e-5."""
     torch.manual_seed(0)
@@ -107,11 +127,12 @@ def test_entropy_parameter_context_restores_the_cudnn_switches() -> None:
     assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_num_threads()) == before
 
 
-@pytest.mark.parametrize("precision", [None, torch.bfloat16])
-def test_fast_and_exact_files_decode_with_either_decoder(precision: torch.dtype | None) -> None:
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_fast_and_exact_files_decode_with_either_decoder(precision: torch.dtype) -> None:
     """The entropy path is float32 NCHW on one thread in both modes, so the ŷ of any file is the same everywhere.
 
-    ``precision=bfloat16`` forces the bf16 path that fast mode takes on CPUs with native bf16 (emulated here).
+    Both precisions are forced: fast mode's own choice depends on the CPU (bf16 where it is native, emulated
+    elsewhere).
     """
     exact = DCVICCodec(seeded_model(MICRO_ARCHITECTURE), RELEASED_QUALITY_TABLE)
     fast = DCVICCodec(seeded_model(MICRO_ARCHITECTURE), RELEASED_QUALITY_TABLE, fast=True, precision=precision)
@@ -125,7 +146,7 @@ def test_fast_and_exact_files_decode_with_either_decoder(precision: torch.dtype 
             assert torch.equal(y_hat, code.y_hat)
             assert x_hat.dtype == torch.float32 and x_hat.shape == x.shape and x_hat.is_contiguous()
         difference = (decoded[0][0] - decoded[1][0]).abs()
-        if precision is None:  # fast mode in float32: channels-last and fused kernels, float rounding only
+        if precision == torch.float32:  # fast mode in float32: channels-last and fused kernels, float rounding only
             assert float(difference.max()) <= 1e-3
         else:  # bf16 synthesis: 8-bit mantissas (a near-tied VQ index may flip)
             assert float(difference.mean()) <= 0.01
@@ -137,6 +158,9 @@ def test_fast_mode_says_when_it_stays_float32() -> None:
     assert codec.image_dtype == native
     assert (codec.note is None) == (native is not None)
     assert DCVICCodec(seeded_model(MICRO_ARCHITECTURE), RELEASED_QUALITY_TABLE).note is None
+    # float32 asked for explicitly: no autocast at all (CPU autocast has no float32 mode and would warn)
+    forced = DCVICCodec(seeded_model(MICRO_ARCHITECTURE), RELEASED_QUALITY_TABLE, fast=True, precision=torch.float32)
+    assert forced.image_dtype is None
 
 
 def test_bad_speed_options_are_refused() -> None:

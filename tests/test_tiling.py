@@ -126,6 +126,23 @@ def test_tiled_apply_equals_whole_image_for_a_local_function(shape, tile: int, s
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tiles_are_packed_in_the_layout_of_their_image(layout: torch.memory_format) -> None:
+    """A plain slice is strided in both layouts; a channels-last (fast-mode) tile must stay channels-last, or its
+    maps fall back to NCHW and its attention to the kernel that holds the whole score matrix."""
+    x = torch.randn(1, 3, 1088, 1152).contiguous(memory_format=layout)
+    side = torch.randn(1, 5, 136, 144).contiguous(memory_format=layout)
+    packed = []
+
+    def fn(tile: torch.Tensor, side_tile: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        packed.append(tile.is_contiguous(memory_format=layout) and side_tile.is_contiguous(memory_format=layout))
+        return pixel_space_outputs(tile)
+
+    for got, want in zip(tiled_apply(x, fn, 512, 256, side_inputs=(side,)), pixel_space_outputs(x), strict=True):
+        assert torch.equal(got, want)
+    assert len(packed) == 16 and all(packed)
+
+
 def test_tiled_vq_encoding_on_a_wide_short_image() -> None:
     """1152×384 (long side above 1024, padded short side under 512: the reference crashes here).
 

@@ -246,8 +246,10 @@ class DCVICCodec:
         self.quality_table = quality_table
         self.device = model_device(model)
         self.image_dtype = (precision or fast_dtype(self.device)) if fast else None
+        if self.image_dtype == torch.float32:  # float32 asked for: no autocast (the CPU's has no float32 mode)
+            self.image_dtype = None
         self.note = None
-        if fast and self.image_dtype is None:
+        if fast and self.image_dtype is None and precision is None:
             self.note = (
                 f"fast mode stays float32 on this {self.device.type} (channels-last, fused kernels): it has no "
                 "native bf16 (AVX512-BF16 or AMX), and emulated bf16 is slower than float32"

@@ -38,6 +38,7 @@ from .tiling import (
     REFERENCE_Y_GRID,
     TiledStageCost,
     TileGrid,
+    memory_format_of,
     needs_tiling,
     tiled_apply,
 )
@@ -53,13 +54,6 @@ SYNTHESIS_BYTES_PER_PX = 3400.0
 
 def _attention_flops_per_pair(network: nn.Module) -> float:
     return float(sum(4 * m.in_channels for m in network.modules() if isinstance(m, AttnBlock)))
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """``channels_last`` for a 4-D tensor stored that way (and not also plainly contiguous), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def bits(likelihoods: Tensor) -> Tensor:

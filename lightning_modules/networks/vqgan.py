@@ -89,7 +89,9 @@ def attention_block(block: AttnBlock, x: Tensor, fused: bool = False) -> Tensor:
         return block(x)
     h = block.norm(x)
     n, c, height, width = h.shape
-    q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (block.q, block.k, block.v))  # (N,1,hw,C)
+    # (N, 1, hw, C) with unit stride along C: strided rows (an NCHW map) send SDPA to the kernel that holds the
+    # (hw)² score matrix, several GiB for a large tile (see tiling.crop)
+    q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for conv in (block.q, block.k, block.v))
     out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(n, c, height, width)
     # a channels-last copy with plain strides: SDPA's odd batch stride would send the next convolution to NCHW
     out = block.proj_out(out.clone(memory_format=torch.channels_last))
