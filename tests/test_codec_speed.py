@@ -106,6 +106,20 @@ def test_fusion_in_place_path_equals_the_autograd_path() -> None:
     assert isinstance(model.fusion_module, VqDecoderFusion)
 
 
+def test_code_logits_stay_float32_under_bf16_autocast() -> None:
+    """The VQ estimator's argmax picks the codes: under bf16 autocast its logits are still float32 computations
+    on float32 features (bf16 logits flip near-tied codes, whole 8×8 blocks of the picture)."""
+    torch.manual_seed(0)
+    model = seeded_model(MICRO_ARCHITECTURE).eval()
+    y_hat, beta = torch.randn(1, MICRO_ARCHITECTURE["main_ch"], 4, 4), torch.tensor([1.0])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.synthesis(y_hat, beta, beta, fast_kernels=True)
+    with torch.inference_mode():
+        _, logits = model.vq_estimator(out.features.t.float())
+    assert out.vq_logits.dtype == torch.float32
+    assert torch.equal(out.vq_logits, logits)
+
+
 def test_entropy_path_is_layout_independent() -> None:
     """A channels-last ``y`` (fast mode's encoder output) gives the bytes of the same ``y`` in NCHW."""
     model = seeded_model(MICRO_ARCHITECTURE)

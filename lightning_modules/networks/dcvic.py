@@ -228,7 +228,9 @@ class DCVIC(nn.Module):
         """``ŷ`` → image; every map takes ``ŷ``'s memory layout. ``fast_kernels``: fused SiLU and attention in the
         VQGAN decoder (equal up to float rounding, :mod:`.vqgan`)."""
         features = self.decoder(y_hat, beta_rate, beta_vq)
-        out_vq_latent, logits = self.vq_estimator(features.t)
+        # the code logits in float32 under any autocast: their argmax is a hard decision, and bf16 flips near ties
+        with torch.autocast(y_hat.device.type, enabled=False):
+            out_vq_latent, logits = self.vq_estimator(features.t.float())
         pred = logits.argmax(dim=1)  # (N, h, w); hard decision, no gradient path
         q = self.vq_model.post_quant_conv(self.vq_model.indices_to_latent(pred))
         q = q.contiguous(memory_format=memory_format_of(y_hat))
