@@ -174,7 +174,7 @@ def crop(x: Tensor, top: int, left: int, height: int, width: int) -> Tensor:
 
     A plain slice is strided in either layout: the next map would fall back to NCHW, and a channels-last
     (fast-mode) tile would reach ``scaled_dot_product_attention`` with strided rows, which sends it to the
-    kernel that holds the whole score matrix (6 GiB and 2.6× the time for one 1664×1024 px synthesis tile).
+    kernel that holds the whole score matrix (design §6.6: 6 GiB more for one 1664×1024 px synthesis tile).
     The copy changes no value, so exact mode keeps its arithmetic."""
     return x[..., top : top + height, left : left + width].contiguous(memory_format=memory_format_of(x))
 
