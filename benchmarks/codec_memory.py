@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import benchmark_parser, output_path, write_result  # noqa: E402
+from benchmarks.harness import benchmark_parser, machine, output_path, write_result  # noqa: E402
 from lightning_modules.codec.image_codec import TILING_RULES, DCVICCodec, resolve_conditioning  # noqa: E402
 from lightning_modules.images import image_to_tensor, tensor_to_image  # noqa: E402
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file  # noqa: E402
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "tiling": args.tiling,
         "fast": args.fast,
         "load_average": list(os.getloadavg()),
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "machine": machine(),
         **phases,
         "peak_rss_mib": max(p["peak_rss_mib"] for p in phases.values()),
     }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -75,8 +74,13 @@ def dcvic_child(args: argparse.Namespace) -> None:
     from lightning_modules.model_file import load_model_file
 
     torch.set_num_threads(args.threads)
-    options = {"fast": True} if args.child == "fast" else {}
-    codec = DCVICCodec.from_model_file(load_model_file(args.checkpoint), **options)
+    options = {
+        "exact": {},
+        "baseline": {},
+        "fast": {"fast": True},
+        "fast_fp32": {"fast": True, "precision": torch.float32},
+    }
+    codec = DCVICCodec.from_model_file(load_model_file(args.checkpoint), **options[args.child])
     x = image_to_tensor(np.load(args.image))
     conditioning = resolve_conditioning(codec.quality_table, args.quality)
     beta_rate, beta_vq = conditioning.betas()
@@ -98,11 +102,13 @@ def forward(codec, x, beta_rate, beta_vq) -> dict:
     import torch
 
     dtype = getattr(codec, "image_dtype", None)  # None: float32, and any checkout without fast mode
+    options = {}
     if getattr(codec, "fast", False):
         x = x.clone(memory_format=torch.channels_last)
+        options["fast_kernels"] = True
     autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
-        out = codec.model(x, beta_rate, beta_vq)
+        out = codec.model(x, beta_rate, beta_vq, **options)
     return {"estimated_bpp": float(out.bpp())}
 
 
@@ -202,6 +208,8 @@ def start_variants(args: argparse.Namespace, model_path: Path, image: Path, work
     common = ["--checkpoint", str(model_path), "--image", str(image), "--work", str(work)]
     common += ["--threads", str(args.threads), "--quality", str(args.quality)]
     specs = [("exact", str(REPO), True), ("fast", str(REPO), True)]
+    if args.fast_fp32:
+        specs.append(("fast_fp32", str(REPO), True))
     if args.baseline:
         specs.append(("baseline", str(Path(args.baseline).resolve()), False))
     variants = []
@@ -257,7 +265,10 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
                 p: summary[name][p]["median_s"] / summary[reference][p]["median_s"] for p in summary[name]
             }
     if reference == "baseline":
-        ratios["fast/exact"] = {p: summary["fast"][p]["median_s"] / summary["exact"][p]["median_s"] for p in PHASES}
+        for name in (n for n in summary if n.startswith("fast")):
+            ratios[f"{name}/exact"] = {
+                p: summary[name][p]["median_s"] / summary["exact"][p]["median_s"] for p in summary[name]
+            }
     return {"variants": summary, "ratios": ratios}
 
 
@@ -269,7 +280,8 @@ def file_checks(work: Path, names: list[str]) -> dict:
     exact = (work / "exact.dcvic").read_bytes()
     if "baseline" in names:
         checks["exact_bytes_equal_baseline"] = exact == (work / "baseline.dcvic").read_bytes()
-    checks["fast_bytes_equal_exact"] = exact == (work / "fast.dcvic").read_bytes()
+    for name in (n for n in names if n.startswith("fast")):
+        checks[f"{name}_bytes_equal_exact"] = exact == (work / f"{name}.dcvic").read_bytes()
     if "baseline" in names:
         a, b = np.load(work / "exact.npy"), np.load(work / "baseline.npy")
         checks["exact_vs_baseline_decoded_max_abs_diff"] = float(np.abs(a - b).max())
@@ -321,6 +333,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--baseline", help="another dcvic checkout (e.g. an older commit): its exact mode is timed")
+    parser.add_argument(
+        "--fast-fp32", action="store_true", help="also time fast mode's kernels in float32 (precision=torch.float32)"
+    )
     parser.add_argument("--authors", help="a checkout of the authors' DC_VIC code")
     parser.add_argument("--authors-python", default=sys.executable, help="the Python of the authors' environment")
     parser.add_argument("--authors-config", default="config/dc_vic_patchgan.yaml")
@@ -339,7 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO))
-    from benchmarks.harness import output_path, write_result
+    from benchmarks.harness import machine, output_path, write_result
 
     args = parse_args(argv)
     if args.child:
@@ -365,27 +380,13 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         "protocol": "one warm-up round, then variants alternate call by call per phase; medians",
-        "machine": {"cpu": cpu_name(), "torch": torch_version(), "load_average_before": load_before},
+        "machine": {**machine(), "load_average_before": load_before},
         "load_average_after": load_average(),
         "notes": {v.name: v.hello.get("note") for v in variants if v.hello.get("note")},
         **summarise(runs),
         "checks": checks,
     }
     write_result(report, output_path(args, f"codec_speed_{name}_{args.height}x{args.width}"))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

@@ -106,6 +106,30 @@ def test_fusion_in_place_path_equals_the_autograd_path() -> None:
     assert isinstance(model.fusion_module, VqDecoderFusion)
 
 
+def test_eval_forward_takes_the_fast_kernels_when_asked(monkeypatch) -> None:
+    """The eval forward (estimated rate, no bitstream) runs fast mode's fused attention in the VQGAN encoder and
+    decoder, channels-last like the codec, when asked, and only then; rate and image stay taming's up to rounding.
+    (A synthesis fed the entropy path's NCHW ``ŷ`` ran 2.5x slower in bf16: benchmarks/codec_speed.py forward.)"""
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append(1)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    model = seeded_model(MICRO_ARCHITECTURE).eval()
+    x, beta = image_to_tensor(photo("astronaut", 64, 64, top=40, left=150)), torch.tensor([1.0])
+    with torch.inference_mode():
+        exact = model(x, beta, beta)
+        assert not calls
+        fast = model(x.clone(memory_format=torch.channels_last), beta, beta, fast_kernels=True)
+    assert calls  # at least the encoder's and the decoder's middle attention
+    assert fast.synthesis.x_hat.is_contiguous(memory_format=torch.channels_last)  # not back in NCHW after entropy
+    torch.testing.assert_close(fast.bpp(), exact.bpp(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(fast.x_hat, exact.x_hat, rtol=0, atol=1e-3)
+
+
 def test_code_logits_stay_float32_under_bf16_autocast() -> None:
     """The VQ estimator's argmax picks the codes: under bf16 autocast its logits are still float32 computations
     on float32 features (bf16 logits flip near-tied codes, whole 8×8 blocks of the picture)."""

@@ -341,23 +341,28 @@ class DCVIC(nn.Module):
         beta_vq: BetaLike | None = None,
         vq_indices: Tensor | None = None,
         fix_entropy_models: bool = False,
+        fast_kernels: bool = False,
     ) -> DCVICOutput:
         """Training (``self.training``): raw crops, noisy likelihoods, STE. Eval: pad, round, crop, clamp.
 
         ``fix_entropy_models`` (GAN stages) runs encoder and entropy model without gradients but in training
-        quantisation mode, exactly like the reference.
+        quantisation mode, exactly like the reference. ``fast_kernels``: the VQGAN's fused SiLU and attention,
+        as in the codec's fast mode (an eval forward timed or evaluated like a fast-mode round trip).
         """
         n, _, h, w = x.shape
         training = self.training
         x_in = x if training else pad_to_multiple(x, self.pad_multiple)
-        vq = self.vq_encode(x_in, vq_indices)
+        vq = self.vq_encode(x_in, vq_indices, fast_kernels=fast_kernels)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
             y = self.analysis(x_in, vq, beta_rate, beta_vq)
             entropy = self.latent_codec(y, training=training)
+        y_hat = entropy.y_hat
+        if fast_kernels:  # the entropy path works in NCHW; the image networks in the input's layout (channels-last)
+            y_hat = y_hat.contiguous(memory_format=memory_format_of(x_in))
         if not training and needs_tiling(*x_in.shape[-2:]):
-            synthesis = self.tiled_synthesis(entropy.y_hat, beta_rate, beta_vq)
+            synthesis = self.tiled_synthesis(y_hat, beta_rate, beta_vq, fast_kernels=fast_kernels)
         else:
-            synthesis = self.synthesis(entropy.y_hat, beta_rate, beta_vq)
+            synthesis = self.synthesis(y_hat, beta_rate, beta_vq, fast_kernels=fast_kernels)
         x_hat = synthesis.x_hat
         if not training:
             x_hat = x_hat[:, :, :h, :w].clamp(-1, 1)
