@@ -89,6 +89,21 @@ class BetaConditionMLP(nn.Sequential):
         weight = self[0].weight
         return self(features.to(weight.device, weight.dtype))
 
+    @torch.no_grad()
+    def reserve_rate_channel(self) -> None:
+        """Make condition channel 0 exactly ``u = β_rate / β_rate,max`` ∈ [0, 1] (the rate-gain start, design §4.5).
+
+        Feature 0 is ``b = 2u − 1``, so hidden unit 0 = ReLU(b/2 + 1/2) = u and output 0 copies it; the other units
+        keep their random weights (they may read ``u`` too).
+        """
+        first, second = self[0], self[2]
+        first.weight[0].zero_()
+        first.weight[0, 0] = 0.5
+        first.bias[0] = 0.5
+        second.weight[0].zero_()
+        second.weight[0, 0] = 1.0
+        second.bias[0] = 0.0
+
 
 class BetaScaleShift(nn.Module):
     """FiLM-style modulation of a feature map by the beta condition (design §2.3)."""
@@ -111,3 +126,15 @@ class BetaScaleShift(nn.Module):
             conv.weight.zero_()
             conv.bias.zero_()
         self.scale.bias.fill_(gain - 1.0)
+
+    @torch.no_grad()
+    def start_as_rate_gain(self, gain_at_max: float) -> None:
+        """``forward(x) = (1 + (gain_at_max − 1)·u)·x`` with ``u`` condition channel 0: after
+        :meth:`BetaConditionMLP.reserve_rate_channel` a gain falling linearly from 1 at β_rate = 0 to
+        ``gain_at_max`` at β_rate,max, whatever β_vq (design §4.5)."""
+        self.start_as(1.0)
+        shared = self.shared[0]
+        shared.weight[0].zero_()
+        shared.weight[0, 0] = 1.0
+        shared.bias[0] = 0.0
+        self.scale.weight[:, 0] = gain_at_max - 1.0

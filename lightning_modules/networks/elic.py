@@ -150,6 +150,13 @@ class ElicVqEncoder(nn.Module):
         for ft in self.beta_ft_list:
             ft.start_as(1.0)
 
+    def start_conditioning_as_rate_gain(self, gain_at_max: float) -> None:
+        """Identity everywhere except the last FT, which scales ``y`` by a gain falling from 1 at β_rate = 0 to
+        ``gain_at_max`` at β_rate,max: a coarser effective quantisation step at high β_rate (design §4.5)."""
+        self.start_conditioning_as_identity()
+        self.mlp.reserve_rate_channel()
+        self.beta_ft_list[-1].start_as_rate_gain(gain_at_max)
+
 
 @dataclass
 class DecoderFeatures:
@@ -221,3 +228,10 @@ class ElicFeatureDecoder(nn.Module):
         self.init_fuse.start_as(0.0)
         for ft in self.beta_ft_list:
             ft.start_as(1.0)
+
+    def start_conditioning_as_rate_gain(self, gain_at_max: float) -> None:
+        """The encoder's rate gain undone at the input: the first FT scales ``ŷ`` from 1 (β_rate = 0) to
+        ``1 / gain_at_max`` (β_rate,max), linearly in β_rate, so the inverse is exact only at the ends."""
+        self.start_conditioning_as_identity()
+        self.mlp.reserve_rate_channel()
+        self.beta_ft_list[0].start_as_rate_gain(1.0 / gain_at_max)

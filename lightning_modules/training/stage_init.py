@@ -48,12 +48,17 @@ def load_network_weights(system: DCVICSystem, model_file: ModelFile, allowed_mis
         log.info("kept fresh initialisation for %d allowed-missing keys", len(result.missing_keys))
 
 
-def start_conditioning_as_identity(network: torch.nn.Module) -> None:
-    """Identity start for the encoder's and decoder's beta modules (a no-op for a network without them). Called
-    before the predecessor's weights load, so modules the predecessor has keep its weights."""
+def start_conditioning_as_identity(network: torch.nn.Module, rate_gain_at_max: float | None = None) -> None:
+    """Identity start for the encoder's and decoder's beta modules (a no-op for a network without them), or with
+    ``rate_gain_at_max`` the rate-gain start (design §4.5). Called before the predecessor's weights load, so
+    modules the predecessor has keep its weights."""
     for part in (network.encoder, network.decoder):
-        if part.dual_conditioned:
+        if not part.dual_conditioned:
+            continue
+        if rate_gain_at_max is None:
             part.start_conditioning_as_identity()
+        else:
+            part.start_conditioning_as_rate_gain(rate_gain_at_max)
 
 
 def load_optimizer_states(run_dir: Path) -> list[dict[str, Any]]:
@@ -71,15 +76,21 @@ def initialize_from_predecessor(
     load_discriminator: bool = False,
     load_optimizer_moments: bool = False,
     identity_conditioning: bool = False,
+    rate_gain_at_max: float | None = None,
 ) -> None:
     """Load the predecessor's network (and discriminator / Adam moments for stage 3) into a fresh system.
 
     ``identity_conditioning`` (the CPU demo): beta-conditioning modules that the predecessor lacks start as the
     identity, so stage 1_2 begins as exactly the stage 1_1 function (design §4.5); later stages load them.
+    ``rate_gain_at_max`` (with it) makes the encoder's last and the decoder's first beta module a gain on ``y``
+    falling linearly in beta_rate to this value at its maximum (and its inverse), so the rate falls with
+    beta_rate from the first step.
     """
+    if rate_gain_at_max is not None and not identity_conditioning:
+        raise ValueError("init.rate_gain_at_max needs init.identity_conditioning: true (it starts from the identity)")
     model_file = load_model_file(resolve_model_file(init_from))
     if identity_conditioning:
-        start_conditioning_as_identity(system.network)
+        start_conditioning_as_identity(system.network, rate_gain_at_max)
     load_network_weights(system, model_file, allowed_missing)
     if load_discriminator:
         if model_file.discriminator is None:
