@@ -48,7 +48,7 @@ def load_network_weights(system: DCVICSystem, model_file: ModelFile, allowed_mis
         log.info("kept fresh initialisation for %d allowed-missing keys", len(result.missing_keys))
 
 
-def start_conditioning_as_identity(network: torch.nn.Module, rate_gain_at_max: float | None = None) -> None:
+def start_new_conditioning(network: torch.nn.Module, rate_gain_at_max: float | None = None) -> None:
     """Identity start for the encoder's and decoder's beta modules (a no-op for a network without them), or with
     ``rate_gain_at_max`` the rate-gain start (design §4.5). Called before the predecessor's weights load, so
     modules the predecessor has keep its weights."""
@@ -88,9 +88,11 @@ def initialize_from_predecessor(
     """
     if rate_gain_at_max is not None and not identity_conditioning:
         raise ValueError("init.rate_gain_at_max needs init.identity_conditioning: true (it starts from the identity)")
+    if rate_gain_at_max is not None and not 0 < rate_gain_at_max:
+        raise ValueError(f"init.rate_gain_at_max must be positive (the decoder divides by it), got {rate_gain_at_max}")
     model_file = load_model_file(resolve_model_file(init_from))
     if identity_conditioning:
-        start_conditioning_as_identity(system.network, rate_gain_at_max)
+        start_new_conditioning(system.network, rate_gain_at_max)
     load_network_weights(system, model_file, allowed_missing)
     if load_discriminator:
         if model_file.discriminator is None:
