@@ -93,10 +93,10 @@ def test_demo_stages_train_at_their_learning_rate_after_a_short_warm_up(stage: s
     assert at_full_rate >= 0.9 * cfg.max_iterations, f"{at_full_rate} of {cfg.max_iterations} at the full rate"
 
 
-def test_demo_fine_tunes_stage_3_at_the_papers_rate_and_trains_the_others_at_ten_times_it() -> None:
+def test_demo_trains_the_gan_stages_at_the_papers_rate_and_the_others_at_ten_times_it() -> None:
     paper = {stage: compose_train(f"+stage={stage}").optim.optimizer.lr for stage in ("1_1", "1_2", "1_3", "3")}
     demo = {s: compose_train(f"+stage={s}", "network=demo", "+experiment=demo").optim.optimizer.lr for s in paper}
-    assert demo == {"1_1": 10 * paper["1_1"], "1_2": 10 * paper["1_2"], "1_3": 10 * paper["1_3"], "3": paper["3"]}
+    assert demo == {"1_1": 10 * paper["1_1"], "1_2": 10 * paper["1_2"], "1_3": paper["1_3"], "3": paper["3"]}
 
 
 def test_full_network_requires_real_weight_paths() -> None:
