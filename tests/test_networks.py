@@ -88,6 +88,13 @@ def test_forward_per_sample_and_scalar_betas(tiny_model):
     assert tiny_model(x, 1.0, 2.0).x_hat.shape == x.shape
 
 
+def test_training_forward_names_the_crop_rule(tiny_model):
+    """A 96 px crop used to fail deep in the entropy model with a tensor-size mismatch."""
+    tiny_model.train()
+    with pytest.raises(ValueError, match=r"multiples of 64 px.*96x64.*data.crop_size"):
+        tiny_model(torch.rand(1, 3, 96, 64) * 2 - 1, 1.0, 1.0)
+
+
 @pytest.mark.parametrize("size", [(40, 70), (24, 24), (64, 128)])
 def test_eval_pads_and_crops_any_size(tiny_model, size):
     tiny_model.eval()

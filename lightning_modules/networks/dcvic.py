@@ -351,6 +351,12 @@ class DCVIC(nn.Module):
         """
         n, _, h, w = x.shape
         training = self.training
+        if training and (h % self.pad_multiple or w % self.pad_multiple):
+            # Training crops are not padded (design §1.2), so the hyperprior's 1/64 grid must divide them.
+            raise ValueError(
+                f"training crops must be multiples of {self.pad_multiple} px on each side, got {h}x{w} "
+                "(set data.crop_size accordingly)"
+            )
         x_in = x if training else pad_to_multiple(x, self.pad_multiple)
         vq = self.vq_encode(x_in, vq_indices, fast_kernels=fast_kernels)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not fix_entropy_models):
