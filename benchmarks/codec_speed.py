@@ -8,10 +8,14 @@ minor page faults, and the peak RSS of the phase (VmHWM reset before it, so it i
     python benchmarks/codec_speed.py                                  # full-size network, random weights, 512×768
     python benchmarks/codec_speed.py --quick                          # tiny network, 256×256, 2 rounds (make bench)
     python benchmarks/codec_speed.py --baseline /path/to/dcvic-checkout   # + that checkout's exact mode
+    python benchmarks/codec_speed.py --device cuda   # image networks on the GPU; + fast with the entropy path there
     python benchmarks/codec_speed.py --checkpoint model.pt \\
         --authors /path/to/DC_VIC --authors-python /path/to/venv/bin/python \\
         --authors-config config/dc_vic_patchgan.yaml --authors-checkpoint dc_vic_patchgan.pth.tar
 
+``--device cuda`` times exact (float32, cuDNN) and fast (bf16) with the entropy path on the CPU, the default that
+keeps files portable, and ``fast_gpu_entropy``: fast with the entropy path on the GPU as well (files then decode only
+on the same kind of GPU); each phase also records the GPU's peak allocated memory.
 ``--authors`` needs the authors' checkpoint of the same weights as ``--checkpoint`` (e.g. our converter's input)
 and a checkout of their code that loads in its environment. Writes
 ``benchmarks/results/codec_speed_<name>_<H>x<W>.json`` (``--out``; none with ``--quick``).
@@ -37,9 +41,15 @@ PHASES = ("forward", "compress", "decompress")
 
 
 def phase_meter() -> tuple[float, float, int]:
-    """Wall clock, CPU seconds and minor faults now; resets the peak RSS (VmHWM) where Linux allows it."""
+    """Wall clock, CPU seconds and minor faults now; resets the peak RSS (VmHWM) where Linux allows it, and the
+    GPU's peak memory where a GPU is in use."""
     import resource
 
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -51,6 +61,11 @@ def phase_meter() -> tuple[float, float, int]:
 def phase_result(start: tuple[float, float, int], **extra) -> dict:
     import resource
 
+    import torch
+
+    if torch.cuda.is_initialized():  # every phase ends on the CPU already (bytes, x̂); this makes it explicit
+        torch.cuda.synchronize()
+        extra["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     usage = resource.getrusage(resource.RUSAGE_SELF)
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
     hwm = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM")), None)
@@ -74,13 +89,17 @@ def dcvic_child(args: argparse.Namespace) -> None:
     from lightning_modules.model_file import load_model_file
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     options = {
         "exact": {},
         "baseline": {},
         "fast": {"fast": True},
         "fast_fp32": {"fast": True, "precision": torch.float32},
+        "fast_gpu_entropy": {"fast": True, "entropy_device": device},
     }
-    codec = DCVICCodec.from_model_file(load_model_file(args.checkpoint), **options[args.child])
+    model_file = load_model_file(args.checkpoint)
+    model = model_file.build_model().to(device)
+    codec = DCVICCodec(model, model_file.quality_table, model_file.fingerprint(), **options[args.child])
     x = image_to_tensor(np.load(args.image))
     conditioning = resolve_conditioning(codec.quality_table, args.quality)
     beta_rate, beta_vq = conditioning.betas()
@@ -102,6 +121,7 @@ def forward(codec, x, beta_rate, beta_vq) -> dict:
     import torch
 
     dtype = getattr(codec, "image_dtype", None)  # None: float32, and any checkout without fast mode
+    x = x.to(codec.device)
     options = {}
     if getattr(codec, "fast", False):
         x = x.clone(memory_format=torch.channels_last)
@@ -109,7 +129,7 @@ def forward(codec, x, beta_rate, beta_vq) -> dict:
     autocast = torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         out = codec.model(x, beta_rate, beta_vq, **options)
-    return {"estimated_bpp": float(out.bpp())}
+    return {"estimated_bpp": float(out.bpp())}  # float(): waits for the GPU, if any
 
 
 def compress(codec, x, conditioning, target: Path) -> dict:
@@ -204,16 +224,23 @@ class Variant:
         self.process.wait()
 
 
-def start_variants(args: argparse.Namespace, model_path: Path, image: Path, work: Path) -> list[Variant]:
-    common = ["--checkpoint", str(model_path), "--image", str(image), "--work", str(work)]
-    common += ["--threads", str(args.threads), "--quality", str(args.quality)]
+def variant_specs(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
+    """(name, code checkout, huge pages) of each dcvic variant the options ask for."""
     specs = [("exact", str(REPO), True), ("fast", str(REPO), True)]
+    if args.device != "cpu":
+        specs.append(("fast_gpu_entropy", str(REPO), True))
     if args.fast_fp32:
         specs.append(("fast_fp32", str(REPO), True))
     if args.baseline:
         specs.append(("baseline", str(Path(args.baseline).resolve()), False))
+    return specs
+
+
+def start_variants(args: argparse.Namespace, model_path: Path, image: Path, work: Path) -> list[Variant]:
+    common = ["--checkpoint", str(model_path), "--image", str(image), "--work", str(work)]
+    common += ["--threads", str(args.threads), "--quality", str(args.quality)]
     variants = []
-    for name, code, huge_pages in specs:
+    for name, code, huge_pages in variant_specs(args):
         env = {**os.environ, "PYTHONPATH": code}
         if huge_pages:  # what our entry points set (entrypoints/cli.py); a baseline runs as it did
             env["THP_MEM_ALLOC_ENABLE"] = "1"
@@ -221,6 +248,7 @@ def start_variants(args: argparse.Namespace, model_path: Path, image: Path, work
             env.pop("THP_MEM_ALLOC_ENABLE", None)
         decode = "exact" if name == "baseline" else name
         command = [sys.executable, __file__, "--child", name, "--code", code, "--decode", decode, *common]
+        command += ["--device", args.device]
         variants.append(Variant(name, command, env))
     if args.authors:
         command = [args.authors_python, __file__, "--child", "authors", "--code", str(Path(args.authors).resolve())]
@@ -288,6 +316,11 @@ def file_checks(work: Path, names: list[str]) -> dict:
     return checks
 
 
+def torch_device_type(device: str) -> str:
+    """``cuda:1`` → ``cuda``: the part of a device name a result file is named after."""
+    return device.split(":", 1)[0]
+
+
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -330,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--quality", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", help="device of the image networks (cuda: also fast_gpu_entropy, see above)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--baseline", help="another dcvic checkout (e.g. an older commit): its exact mode is timed")
@@ -345,6 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.architecture, args.height, args.width, args.rounds = "tiny", 256, 256, min(args.rounds, 2)
+    if args.device != "cpu" and (args.baseline or args.authors):
+        parser.error("--baseline and --authors time the CPU only")
     if args.authors and not (args.checkpoint and args.authors_checkpoint):
         parser.error("--authors needs --checkpoint and --authors-checkpoint (the same weights in both formats)")
     if "decompress" in args.phases and "compress" not in args.phases:
@@ -373,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         names = [v.name for v in variants]
         checks = file_checks(work, names) if {"compress", "decompress"} <= set(args.phases) else {}
     name = "quick" if args.quick else f"{args.architecture if not args.checkpoint else 'checkpoint'}"
+    suffix = "" if args.device == "cpu" else f"_{torch_device_type(args.device)}"
     report = {
         "image_hw": [args.height, args.width],
         "weights": weights,
@@ -380,13 +419,14 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         "protocol": "one warm-up round, then variants alternate call by call per phase; medians",
+        "device": args.device,
         "machine": {**machine(), "load_average_before": load_before},
         "load_average_after": load_average(),
         "notes": {v.name: v.hello.get("note") for v in variants if v.hello.get("note")},
         **summarise(runs),
         "checks": checks,
     }
-    write_result(report, output_path(args, f"codec_speed_{name}_{args.height}x{args.width}"))
+    write_result(report, output_path(args, f"codec_speed_{name}_{args.height}x{args.width}{suffix}"))
 
 
 if __name__ == "__main__":

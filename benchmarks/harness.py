@@ -53,4 +53,5 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     features = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
-    return {"cpu": name, "cpu_features": features, "cpus": os.cpu_count(), "torch": torch.__version__}
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": name, "cpu_features": features, "cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
