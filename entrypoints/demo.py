@@ -135,23 +135,55 @@ def write_held_out(folder: Path, size: int) -> Path:
     return folder
 
 
+DETAIL_SIDE = 128
+"""Side of each image's detail window in ``reconstructions.png``: shown about 1.5× native size, where the overview
+shows the 384² crops at about half size and so hides the fine detail the qualities differ in."""
+
+
+def busiest_window(image: np.ndarray, side: int = DETAIL_SIDE) -> tuple[int, int]:
+    """Top-left corner of the ``side × side`` window (on a grid of ``side / 4``) with the most gradient energy in the
+    original: a choice made from the original alone, never from the reconstructions."""
+    luma = image[..., :3].astype(np.float64).mean(axis=2)
+    energy = np.zeros_like(luma)
+    energy[:, 1:] += np.diff(luma, axis=1) ** 2
+    energy[1:, :] += np.diff(luma, axis=0) ** 2
+    height, width = luma.shape
+    step = max(side // 4, 1)
+    corners = itertools.product(range(0, max(height - side, 0) + 1, step), range(0, max(width - side, 0) + 1, step))
+    return max(corners, key=lambda corner: energy[corner[0] : corner[0] + side, corner[1] : corner[1] + side].sum())
+
+
 def reconstruction_grid(eval_dir: Path, held_out: Path, per_image, path: Path) -> Path:
-    """Rows: images; columns: the original, then each quality with that image's real bpp and PSNR."""
+    """Per image two rows: the original, then each quality with that image's real bpp and PSNR; below them the same
+    detail window of each, enlarged (its place marked on the original)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     images = sorted(held_out.glob("*.png"))
     settings = list(dict.fromkeys(per_image["setting"]))
-    fig, axes = plt.subplots(len(images), len(settings) + 1, figsize=(2.2 * (len(settings) + 1), 2.3 * len(images)))
-    for row, image in enumerate(images):
-        axes[row, 0].imshow(read_rgb(image))
+    columns = len(settings) + 1
+    fig, axes = plt.subplots(2 * len(images), columns, figsize=(2.2 * columns, 4.5 * len(images)))
+    for index, image in enumerate(images):
+        row = 2 * index
+        original = read_rgb(image)
+        side = min(DETAIL_SIDE, *original.shape[:2])
+        top, left = busiest_window(original, side)
+        window = (slice(top, top + side), slice(left, left + side))
+        axes[row, 0].imshow(original)
+        axes[row, 0].add_patch(Rectangle((left, top), side, side, fill=False, edgecolor="yellow"))
         axes[row, 0].set_title("original", fontsize=8)
+        axes[row + 1, 0].imshow(original[window], interpolation="nearest")
+        axes[row + 1, 0].set_title(f"detail ({side}² px, yellow box)", fontsize=8)
         for col, setting in enumerate(settings, start=1):
-            axes[row, col].imshow(read_rgb(eval_dir / "reconstructions" / setting / image.name))
+            reconstruction = read_rgb(eval_dir / "reconstructions" / setting / image.name)
+            axes[row, col].imshow(reconstruction)
             point = per_image[(per_image["setting"] == setting) & (per_image["image"] == image.name)].iloc[0]
             axes[row, col].set_title(f"{setting}: {point['bpp']:.3f} bpp, {point['PSNR']:.1f} dB", fontsize=8)
+            axes[row + 1, col].imshow(reconstruction[window], interpolation="nearest")
+            axes[row + 1, col].set_title(f"{setting} detail", fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
     fig.tight_layout()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -67,3 +68,12 @@ def test_report_checks_flag_a_rate_that_does_not_rise_and_a_low_psnr():
     lines = demo.check_lines(bad)
     assert len(lines) == 5 and all("NO" in line or "BELOW" in line for line in lines)
     assert "selection_monotone" not in demo.report_checks(pd.DataFrame({"bpp": [0.03], "PSNR": [18.0]}))
+
+
+def test_the_detail_window_is_the_originals_busiest_region():
+    """reconstructions.png enlarges one window per image, chosen from the original alone: its most textured part."""
+    rng = np.random.default_rng(0)
+    image = np.full((384, 384, 3), 90, dtype=np.uint8)
+    image[224:352, 64:192] = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)  # texture on a flat ground
+    assert demo.busiest_window(image) == (224, 64)
+    assert demo.busiest_window(image[:96, :96], side=96) == (0, 0)  # an image no larger than the window
