@@ -38,6 +38,20 @@ def test_fast_mode_on_a_gpu_uses_its_half_precision() -> None:
     assert torch.backends.cudnn.benchmark
 
 
+def test_exact_mode_on_a_gpu_computes_in_float32_not_tf32() -> None:
+    """cuDNN convolutions default to TF32; exact mode's image networks switch it off (and restore it after)."""
+    codec = gpu_codec()
+    seen = []
+    hook = codec.model.encoder.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+    )
+    before = torch.backends.cudnn.allow_tf32
+    codec.compress(image_to_tensor(photo("coffee", 64, 128)), resolve_conditioning(RELEASED_QUALITY_TABLE, 1))
+    hook.remove()
+    assert seen and all(flags == (False, False) for flags in seen)
+    assert torch.backends.cudnn.allow_tf32 == before
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_file_made_on_the_gpu_decodes_on_the_cpu(fast: bool) -> None:
     encoder, cpu = gpu_codec(fast=fast), cpu_codec()

@@ -142,13 +142,25 @@ def resident_bytes(model: DCVIC) -> int:
 
 @contextlib.contextmanager
 def image_precision(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """Inference mode, and autocast to ``dtype`` for the image networks when one is given."""
+    """Inference mode, and autocast to ``dtype`` for the image networks when one is given.
+
+    Without one the networks compute in float32, on a GPU too: cuDNN's convolutions would otherwise use TF32 (a
+    10-bit mantissa, torch's default for them), i.e. a reduced precision that only fast mode asks for.
+    """
     with torch.inference_mode():
-        if dtype is None:
-            yield
-        else:
+        if dtype is not None:
             with torch.autocast(device.type, dtype=dtype):
                 yield
+        elif device.type == "cuda":
+            cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+            saved = (cudnn.allow_tf32, matmul.allow_tf32)
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+            try:
+                yield
+            finally:
+                cudnn.allow_tf32, matmul.allow_tf32 = saved
+        else:
+            yield
 
 
 @dataclass(frozen=True)
