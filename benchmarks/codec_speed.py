@@ -316,11 +316,6 @@ def file_checks(work: Path, names: list[str]) -> dict:
     return checks
 
 
-def torch_device_type(device: str) -> str:
-    """``cuda:1`` → ``cuda``: the part of a device name a result file is named after."""
-    return device.split(":", 1)[0]
-
-
 def load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -391,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import torch
+
     sys.path.insert(0, str(REPO))
     from benchmarks.harness import machine, output_path, write_result
 
@@ -411,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         names = [v.name for v in variants]
         checks = file_checks(work, names) if {"compress", "decompress"} <= set(args.phases) else {}
     name = "quick" if args.quick else f"{args.architecture if not args.checkpoint else 'checkpoint'}"
-    suffix = "" if args.device == "cpu" else f"_{torch_device_type(args.device)}"
+    suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"  # cuda:1 → _cuda
     report = {
         "image_hw": [args.height, args.width],
         "weights": weights,
