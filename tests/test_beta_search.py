@@ -137,8 +137,7 @@ def test_memo_returns_stored_points_without_recomputing(tmp_path: Path):
     evaluate = memo.evaluator(1.5, lambda b: calls.append(b) or paper_like(b))
     assert evaluate(0.5) == evaluate(0.5) == paper_like(0.5)
     assert calls == [0.5] and memo.computed == 1
-    assert BppMemo(tmp_path).known(1.5) == {0.5: paper_like(0.5)}
-    assert BppMemo(tmp_path).known(2.0) == {}
+    assert BppMemo(tmp_path).get(1.5, 0.5) == paper_like(0.5) and BppMemo(tmp_path).get(2.0, 0.5) is None
 
 
 def _memo_worker(root: str, log_path: str, worker: int, barrier) -> None:

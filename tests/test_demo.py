@@ -50,10 +50,12 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
 
 
 def test_stage2_targets_span_the_reachable_range():
-    targets, tolerance = demo.stage2_targets(0.04, 0.05)
+    targets, tolerance = demo.stage2_targets(0.04, 0.05, max_tolerance=0.001)
     assert targets == sorted(targets) and targets[0] == 0.04 and targets[-1] == 0.05 and len(set(targets)) == 5
-    assert 0 < tolerance <= 0.001
-    flat_targets, flat_tolerance = demo.stage2_targets(0.05, 0.04)
+    assert tolerance == pytest.approx(0.001)  # 1/10 of the range
+    _, wide_tolerance = demo.stage2_targets(0.034, 0.088, max_tolerance=0.001)
+    assert wide_tolerance == 0.001  # 1/10 of this range would be 0.0054: capped at stage 2's own tolerance
+    flat_targets, flat_tolerance = demo.stage2_targets(0.05, 0.04, max_tolerance=0.001)
     assert len(flat_targets) == 5 and flat_tolerance == 1.0
 
 

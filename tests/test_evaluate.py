@@ -26,7 +26,13 @@ from entrypoints.evaluate import CONFIG_DIR
 from lightning_modules.codec.image_codec import DCVICCodec
 from lightning_modules.evaluation.folder_metrics import calc_metrics
 from lightning_modules.evaluation.metrics import MetricSuite, psnr_per_image
-from lightning_modules.evaluation.rate_distortion import REFERENCE_COLUMNS, evaluate, make_settings, read_image
+from lightning_modules.evaluation.rate_distortion import (
+    REFERENCE_COLUMNS,
+    PerImageLog,
+    evaluate,
+    make_settings,
+    read_image,
+)
 from lightning_modules.images import to_uint8
 from lightning_modules.model_file import RELEASED_QUALITY_TABLE, ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import TINY_ARCHITECTURE, build_dcvic
@@ -144,6 +150,21 @@ def test_a_rerun_resumes_without_recoding(evaluated, model_file, photos, suite, 
     again = evaluate(model_file, photos, out, suite, qualities=[0], beta_pairs=[[1.0, 2.0]], model_name="tiny")
     pd.testing.assert_frame_equal(again, summary)
     assert len(pd.read_csv(out / "per_image.csv")) == 4
+
+
+def test_the_log_read_back_holds_only_this_models_rows(tmp_path) -> None:
+    """A folder evaluated again with retrained weights (the demo's --rerun-from) keeps the old rows in the file;
+    whoever reads the table back (the demo's reconstruction grid) must get the new model's numbers only."""
+    path = tmp_path / "per_image.csv"
+    row = {"pixels_sha256": "ab", "image": "a.png"}
+    PerImageLog(path, "0012").append({**row, "setting": "q0", "bpp": 0.5})  # all digits: read back as text
+    new = PerImageLog(path, "9f00")
+    new.append({**row, "setting": "q0", "bpp": 0.1})
+    new.append({**row, "setting": "q1", "bpp": 0.2})
+    table = PerImageLog(path, "9f00").table()
+    assert table["bpp"].tolist() == [0.1, 0.2] and set(table["fingerprint"]) == {"9f00"}
+    assert PerImageLog(path, "9f00").table("q1")["bpp"].tolist() == [0.2]
+    assert PerImageLog(path, "0012").table()["bpp"].tolist() == [0.5]
 
 
 def test_an_image_replaced_under_the_same_name_is_scored_again(model_file, suite, tmp_path) -> None:

@@ -20,7 +20,7 @@ from entrypoints.runners import run_stage2
 from lightning_modules.evaluation.metrics import PatchDistributionMetrics
 from lightning_modules.model_file import ModelFile, load_model_file, save_model_file
 from lightning_modules.networks.dcvic import DCVIC, TINY_ARCHITECTURE, build_dcvic
-from lightning_modules.stage2.jobs import SearchSettings, average_bpp, run_rate_search, run_selection
+from lightning_modules.stage2.jobs import SearchSettings, average_bpp, run_rate_search, run_selection, search_grid
 from lightning_modules.stage2.search import write_search_csv
 from lightning_modules.stage2.selection import RandomPatchFeatures, select_betas
 from lightning_modules.stage2.validation_set import build_validation_set, tokenizer_from_model_file
@@ -84,6 +84,24 @@ def test_search_bpp_is_the_models_quantised_rate():
     assert average_bpp(model, batches, 1.2, 2.0) == pytest.approx(sum(expected) / 2, rel=1e-6)
     rates = [average_bpp(model, batches[:1], beta_rate, 2.0) for beta_rate in (0.0, 0.5, 1.0)]
     assert rates[0] > rates[1] > rates[2]
+
+
+def test_the_pairs_found_depend_neither_on_workers_nor_on_an_old_memo(stage2_inputs: dict[str, Path], tmp_path: Path):
+    """The memo saves recomputing points but never steers a search: when jobs seeded their brackets from whatever
+    the memo held, two runs of stage 2 on one model selected different pairs (design §5.2)."""
+    inputs = (str(stage2_inputs["model_file"]), str(stage2_inputs["val_set"]))
+    targets, memo = [TARGET * 0.9, TARGET, TARGET * 1.1], str(tmp_path / "memo")
+
+    def found(results) -> list[tuple[float, float, float]]:
+        return [(r.target_bpp, r.best.beta_rate, r.best.avg_bpp) for r in results]
+
+    first = search_grid(*inputs, str(tmp_path / "one"), memo, [1.0, 3.0], targets, SETTINGS, workers=1)
+    assert all(r.converged for r in first) and len({r.best.beta_rate for r in first[:3]}) == 3
+    full_memo = search_grid(*inputs, str(tmp_path / "two"), memo, [1.0, 3.0], targets, SETTINGS, workers=2)
+    fresh = search_grid(*inputs, str(tmp_path / "three"), str(tmp_path / "memo3"), [1.0, 3.0], targets, SETTINGS, 2)
+    assert found(full_memo) == found(first) == found(fresh)
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "two").glob("*.json"))]
+    assert len(records) == 6 and all(r["model_evaluations"] == 0 for r in records)  # every point from the memo
 
 
 @pytest.mark.slow

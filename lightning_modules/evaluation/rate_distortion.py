@@ -171,8 +171,9 @@ class PerImageLog:
         pd.DataFrame([row]).to_csv(self.path, mode="a", header=not has_header, index=False)
         self.rows[(row["setting"], row["image"])] = row
 
-    def table(self, setting: str) -> pd.DataFrame:  # one row per image: the latest
-        return pd.DataFrame([row for (label, _), row in self.rows.items() if label == setting])
+    def table(self, setting: str | None = None) -> pd.DataFrame:
+        """This model's rows, one per (setting, image): the latest; of one setting, or of all."""
+        return pd.DataFrame([row for (label, _), row in self.rows.items() if setting in (None, label)])
 
 
 def code_image(

@@ -5,9 +5,12 @@
 and returns the mean of the per-batch estimated bpp, exactly the reference's number.
 
 One search job = one (beta_vq, target) pair: :func:`run_rate_search` writes the reference CSV and a JSON
-record next to it. :func:`search_grid` runs many pairs in worker processes (joblib); they share the on-disk
-memo, so no (beta_rate, beta_vq) point is computed twice. :func:`run_selection` scores the found pairs;
-``entrypoints.runners.run_stage2`` chains set building, the grid and the selection for ``train.py +stage=2``.
+record next to it. :func:`search_grid` runs one chain per ``beta_vq`` in worker processes (joblib): its targets
+in order, each seeded with the points the earlier ones visited (:func:`run_beta_vq_searches`). The on-disk memo
+only saves recomputing a point; it never steers a search, so the pairs found are the same for any number of
+workers and whatever an earlier, interrupted run left in the memo (design §5.2). :func:`run_selection` scores
+the found pairs; ``entrypoints.runners.run_stage2`` chains set building, the grid and the selection for
+``train.py +stage=2``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +117,14 @@ def run_rate_search(
     target_bpp: float,
     settings: SearchSettings = SearchSettings(),
     val_limit: int | None = None,
+    known: Mapping[float, float] | None = None,
 ) -> SearchResult:
-    """One job: search, then write ``result_beta_vq_..._target_rate_....csv`` and its ``.json`` record."""
+    """One job: search, then write ``result_beta_vq_..._target_rate_....csv`` and its ``.json`` record.
+
+    ``known`` (beta_rate -> bpp) seeds the Illinois bracket. The memo's contents are not used for that: which
+    points other jobs have written by now depends on timing, and seeding from them made two runs of stage 2
+    select different pairs from the same model.
+    """
     model, fingerprint = load_eval_model(str(model_file), settings.device)
     loader = validation_loader(val_set, settings.batch_size, settings.num_workers, val_limit)
     memo = memo_for(memo_root, fingerprint, loader)
@@ -128,7 +137,7 @@ def run_rate_search(
         decimals=settings.decimals,
     )
     if settings.method == "illinois":
-        kwargs["known"] = memo.known(beta_vq)
+        kwargs["known"] = dict(known or {})
     result = SEARCH_METHODS[settings.method](evaluate, target_bpp, **kwargs)
     csv_path = write_search_csv(result, beta_vq, Path(search_dir) / search_csv_name(beta_vq, target_bpp))
     record = {
@@ -145,6 +154,27 @@ def run_rate_search(
     return result
 
 
+def run_beta_vq_searches(
+    model_file: str,
+    val_set: str,
+    search_dir: str,
+    memo_root: str,
+    beta_vq: float,
+    targets_bpp: list[float],
+    settings: SearchSettings = SearchSettings(),
+    val_limit: int | None = None,
+) -> list[SearchResult]:
+    """Every target of one ``beta_vq`` in the given order, each seeded with the points the earlier ones visited:
+    as cheap as a shared memo (``benchmarks/beta_search_evals.py``), and deterministic."""
+    seen: dict[float, float] = {}
+    results = []
+    for target in targets_bpp:
+        result = run_rate_search(model_file, val_set, search_dir, memo_root, beta_vq, target, settings, val_limit, seen)
+        seen.update((step.beta_rate, step.avg_bpp) for step in result.steps)
+        results.append(result)
+    return results
+
+
 def search_grid(
     model_file: str,
     val_set: str,
@@ -156,13 +186,17 @@ def search_grid(
     workers: int = 1,
     val_limit: int | None = None,
 ) -> list[SearchResult]:
-    """All (beta_vq, target) jobs, ``beta_vq`` outer like the reference, over ``workers`` processes."""
-    pairs = [(bv, t) for bv in beta_vqs for t in targets_bpp]
-    job = delayed(run_rate_search)
-    results = Parallel(n_jobs=workers, return_as="generator")(
-        job(model_file, val_set, search_dir, memo_root, bv, t, settings, val_limit) for bv, t in pairs
+    """All (beta_vq, target) jobs, ``beta_vq`` outer like the reference: one chain per ``beta_vq`` over ``workers``
+    processes."""
+    chain = delayed(run_beta_vq_searches)
+    chains = Parallel(n_jobs=workers, return_as="generator")(
+        chain(model_file, val_set, search_dir, memo_root, bv, list(targets_bpp), settings, val_limit) for bv in beta_vqs
     )
-    return list(tqdm(results, total=len(pairs), desc="rate search", unit="job"))
+    return [
+        result
+        for results in tqdm(chains, total=len(beta_vqs), desc="rate search", unit="beta_vq")
+        for result in results
+    ]
 
 
 def run_selection(

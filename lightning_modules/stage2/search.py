@@ -15,8 +15,8 @@ bracketed phase only needs a sign change, so it also works on curves that rise. 
   (a prior slope before there are two points) until the target is bracketed or a bound proves it
   unreachable, then runs regula falsi with the Illinois fix (halving the stale end's value when one side
   repeats, so flat spots cannot stall it).
-  Points other jobs already memoised seed the bracket for free. Same tolerance, fewer model evaluations:
-  ``benchmarks/beta_search_evals.py``.
+  Points the earlier targets of the same ``beta_vq`` visited seed the bracket for free. Same tolerance, fewer
+  model evaluations: ``benchmarks/beta_search_evals.py``.
 
 :class:`BppMemo` stores one JSON file per (beta_vq, beta_rate) point, written atomically under a per-point
 ``flock``: concurrent jobs wait for a point another job is computing instead of recomputing it.
@@ -160,9 +160,9 @@ def illinois_search(
     the points seen so far (``log_slope_prior``, d log bpp / d beta_rate, before there are two), clipped to the
     bounds, so reaching a bound proves the target unreachable. ``start="bounds"`` evaluates ``hi`` and ``lo``
     first instead: two points that give the reachable range and the first secant (rate control, where
-    "nearest achievable" needs the range anyway). ``known`` (beta_rate -> bpp, e.g. the memo's points for this
-    beta_vq) seeds the points and may answer outright. ``evaluations`` counts points visited; with a memo
-    behind ``evaluate`` the model only runs for points no job has computed yet.
+    "nearest achievable" needs the range anyway). ``known`` (beta_rate -> bpp, e.g. the points earlier targets
+    of this beta_vq visited) seeds the points and may answer outright. ``evaluations`` counts points visited;
+    with a memo behind ``evaluate`` the model only runs for points no job has computed yet.
     """
     if start not in ("midpoint", "bounds"):
         raise ValueError(f"start must be 'midpoint' or 'bounds', got {start!r}")
@@ -291,12 +291,6 @@ class BppMemo:
     def get(self, beta_vq: float, beta_rate: float) -> float | None:
         path = self.path(beta_vq, beta_rate)
         return json.loads(path.read_text())["avg_bpp"] if path.is_file() else None
-
-    def known(self, beta_vq: float) -> dict[float, float]:
-        """All memoised points for one ``beta_vq`` (what another job already paid for)."""
-        folder = self.path(beta_vq, 0.0).parent
-        points = (json.loads(p.read_text()) for p in sorted(folder.glob("beta_rate_*.json")))
-        return {point["beta_rate"]: point["avg_bpp"] for point in points}
 
     def get_or_compute(self, beta_vq: float, beta_rate: float, compute: Evaluate) -> float:
         """Memoised ``compute(beta_rate)``; a job that finds the point being computed waits for it."""
