@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.harness import benchmark_parser, output_path, write_result  # noqa: E402
+from datamodules.image_files import centre_crop, sample_photo  # noqa: E402
 from lightning_modules.codec.container import Container  # noqa: E402
 from lightning_modules.codec.image_codec import DCVICCodec, fast_dtype, resolve_conditioning  # noqa: E402
 from lightning_modules.images import image_to_tensor, tensor_to_image  # noqa: E402
@@ -36,11 +36,7 @@ PHOTOS = ("retina", "stereo_motorcycle", "hubble_deep_field", "astronaut", "coff
 
 
 def load_photo(name: str, side: int) -> np.ndarray:
-    image = getattr(skimage.data, name)()
-    image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
-    height, width = image.shape[:2]
-    top, left = (height - min(height, side)) // 2, (width - min(width, side)) // 2
-    return np.ascontiguousarray(image[top : top + side, left : left + side, :3])
+    return np.ascontiguousarray(centre_crop(sample_photo(name), side))
 
 
 def psnr(decoded: np.ndarray, original: np.ndarray) -> float:

@@ -58,16 +58,49 @@ def folder_files(root: str, recursive: bool = False) -> list[Path]:
     return _non_empty(images, root, hint)
 
 
-def sample_files(cache_dir: str, names: Sequence[str] = SAMPLE_TRAIN) -> list[Path]:
-    """Real photos shipped inside scikit-image's wheel, written once as PNG into ``cache_dir``."""
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photos as uint8 RGB (H, W, 3); of a stereo pair, the left view."""
     from skimage import data
 
+    image = getattr(data, name)()
+    image = image[0] if isinstance(image, tuple) else image
+    return np.asarray(Image.fromarray(img_as_ubyte(image)).convert("RGB"))
+
+
+def centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The ``side × side`` square at the image's centre (the whole extent where the image is smaller)."""
+    height, width = image.shape[:2]
+    top, left = max(height - side, 0) // 2, max(width - side, 0) // 2
+    return image[top : top + side, left : left + side]
+
+
+def split_off_held_out(image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training part, held-out crop): the photo's right-hand ``side`` columns are never trained on, and the
+    held-out crop is the ``side × side`` square at that strip's vertical centre (design §4.1).
+
+    Held-out crops cut this way are in-distribution for a prior trained in minutes on the training parts, while
+    not one of their pixels is seen in training.
+    """
+    height, width = image.shape[:2]
+    if not 0 < side <= min(height, width // 2):
+        raise ValueError(f"held-out side {side} must be positive and at most {min(height, width // 2)} here")
+    top = (height - side) // 2
+    return image[:, : width - side], image[top : top + side, width - side :]
+
+
+def sample_files(cache_dir: str, names: Sequence[str] = SAMPLE_TRAIN, held_out_side: int = 0) -> list[Path]:
+    """Real photos shipped inside scikit-image's wheel, written once as PNG into ``cache_dir``.
+
+    ``held_out_side > 0`` writes only each photo's training part (:func:`split_off_held_out`); use a ``cache_dir``
+    of its own per side, since a cached file is not rewritten.
+    """
     out_dir = Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for name in names:
         path = out_dir / f"{name}.png"
         if not path.is_file():  # ranks may race here: each writes its own temporary file
-            save_png(path, Image.fromarray(img_as_ubyte(np.asarray(getattr(data, name)()))).convert("RGB"))
+            photo = sample_photo(name)
+            save_png(path, split_off_held_out(photo, held_out_side)[0] if held_out_side else photo)
         files.append(path)
     return files

@@ -2,9 +2,10 @@
 
 Runs, on the scikit-image sample photos and with ``+experiment=demo`` (tiny networks, short schedules):
 stage 0 (VQGAN) → 1_1 → 1_2 → 1_3 → 2 (beta search and selection) → 3, each as its own
-``entrypoints/train.py`` process, then compresses and decompresses held-out photos at every selected quality
-and writes a report folder (RD CSV and plot, a grid of originals vs reconstructions, TensorBoard logs, and
-``checks.json``: does the real bpp rise with the quality index, is every PSNR above 14 dB).
+``entrypoints/train.py`` process, then compresses and decompresses the held-out crops (the strip of each photo
+that no stage trains on, ``held_out_side``) at every selected quality and writes a report folder (RD CSV and
+plot, a grid of originals vs reconstructions, TensorBoard logs, and ``checks.json``: does the real bpp rise with
+the quality index, is every PSNR above 14 dB).
 A finished stage is reused on the next run; ``--rerun-from STAGE`` retrains that stage and every later one.
 The last line printed is the report folder.
 """
@@ -25,6 +26,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from datamodules.image_files import centre_crop, sample_photo, split_off_held_out
 from entrypoints.train import quote_stage_choices
 from lightning_modules.evaluation.metrics import build_metric_suite, psnr_per_image
 from lightning_modules.images import from_uint8, read_rgb, save_png, to_chw, to_uint8
@@ -37,7 +39,8 @@ from lightning_modules.training.stage_init import resolve_model_file
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("0", "1_1", "1_2", "1_3", "2", "3")
 STAGE_OUTPUT = {"0": "vqgan.ckpt", "2": "selected_betas.yaml"}  # every other stage ends with model.pt
-HELD_OUT = ("retina", "stereo_motorcycle", "hubble_deep_field")  # not among the training sample photos
+UNSEEN_PHOTOS = ("retina", "stereo_motorcycle", "hubble_deep_field")
+"""Photos unlike the five the demo trains on (a fundus, a workshop, deep space): reported for scale, not checked."""
 
 
 def stage_dir(runs_dir: Path, run_name: str, stage: str) -> Path:
@@ -67,10 +70,13 @@ def run_stage(stage: str, runs_dir: Path, run_name: str, extra: list[str]) -> No
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def stage2_config(runs_dir: Path, run_name: str, overrides: list[str]) -> DictConfig:
-    """Stage 2's composed config, exactly as its own process will see it (validation-set path, betas, ...)."""
+def stage_config(stage: str, runs_dir: Path, run_name: str, overrides: list[str]) -> DictConfig:
+    """A stage's composed config, exactly as its own process will see it (validation-set path, betas, held-out
+    split, ...)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=quote_stage_choices([*stage_overrides("2", runs_dir, run_name), *overrides]))
+        return compose(
+            "train", overrides=quote_stage_choices([*stage_overrides(stage, runs_dir, run_name), *overrides])
+        )
 
 
 @torch.no_grad()
@@ -115,30 +121,28 @@ def stage2_targets(low: float, high: float, max_tolerance: float, count: int = 5
     return targets, min(max_tolerance, round((high - low) / 10, 6))
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[top : top + size, left : left + size]
-
-
-def sample_photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    image = getattr(skimage.data, name)()
-    image = image[0] if isinstance(image, tuple) else image
-    return np.ascontiguousarray(image[..., :3])
-
-
-def write_held_out(folder: Path, size: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in HELD_OUT:
-        save_png(folder / f"{name}.png", center_crop(sample_photo(name), size))
+def write_crops(folder: Path, crops: dict[str, np.ndarray]) -> Path:
+    """One PNG per crop into a fresh folder (a run with another split must not keep old crops)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, crop in crops.items():
+        save_png(folder / f"{name}.png", crop)
     return folder
 
 
-DETAIL_SIDE = 128
-"""Side of each image's detail window in ``reconstructions.png``: shown about 1.5× native size, where the overview
-shows the 384² crops at about half size and so hides the fine detail the qualities differ in."""
+def held_out_crops(names: list[str], side: int) -> dict[str, np.ndarray]:
+    """The held-out crop of each training photo: pixels that no stage trained on (``split_off_held_out``)."""
+    return {name: split_off_held_out(sample_photo(name), side)[1] for name in names}
+
+
+def unseen_crops(side: int) -> dict[str, np.ndarray]:
+    """Centre crops of :data:`UNSEEN_PHOTOS`, the same size as the held-out crops."""
+    return {name: centre_crop(sample_photo(name), side) for name in UNSEEN_PHOTOS}
+
+
+DETAIL_SIDE = 96
+"""Side of each image's detail window in ``reconstructions.png``: shown at about 2.4× its native size, where the
+overview shows the 192² crops at about 1.2× and so the fine detail the qualities differ in is small."""
 
 
 def busiest_window(image: np.ndarray, side: int = DETAIL_SIDE) -> tuple[int, int]:
@@ -188,7 +192,7 @@ def reconstruction_grid(eval_dir: Path, held_out: Path, per_image, path: Path) -
     for axis in axes.flat:
         axis.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
@@ -220,12 +224,18 @@ def vqgan_reconstruction_psnr(model: DCVIC, held_out: Path) -> float:
     return sum(values) / len(values)
 
 
-def report_checks(summary, selected_beta_rate: list[float] | None = None, vqgan_psnr_db: float | None = None) -> dict:
+def report_checks(
+    summary,
+    selected_beta_rate: list[float] | None = None,
+    vqgan_psnr_db: float | None = None,
+    unseen_summary=None,
+) -> dict:
     """What a person should see in the report: one model spans a range of rates and fidelities.
 
     ``summary`` holds one row per quality (q0 first) with the held-out images' real bpp and PSNR;
     ``selected_beta_rate`` is stage 2's choice per quality (the model's quality table), which must fall
-    strictly as the quality index rises (a higher target rate needs a lower rate weight).
+    strictly as the quality index rises (a higher target rate needs a lower rate weight). ``unseen_summary``,
+    the same table for :data:`UNSEEN_PHOTOS`, is recorded for scale and checks nothing.
     """
     bpp, psnr = summary["bpp"].tolist(), summary["PSNR"].tolist()
     checks = {
@@ -247,6 +257,12 @@ def report_checks(summary, selected_beta_rate: list[float] | None = None, vqgan_
         checks["selection_monotone"] = all(a > b for a, b in itertools.pairwise(selected_beta_rate))
     if vqgan_psnr_db is not None:
         checks["vqgan_reconstruction_psnr_db"] = vqgan_psnr_db
+    if unseen_summary is not None:
+        checks["unseen_photos"] = {
+            "names": list(UNSEEN_PHOTOS),
+            "real_bpp_by_quality": unseen_summary["bpp"].tolist(),
+            "psnr_by_quality": unseen_summary["PSNR"].tolist(),
+        }
     return checks
 
 
@@ -276,14 +292,23 @@ def check_lines(checks: dict) -> list[str]:
             f"the stage-0 VQGAN itself (true codes, no fusion) reaches {checks['vqgan_reconstruction_psnr_db']:.2f} dB "
             "on these images: qualities near it are limited by the VQGAN, not by their bits"
         )
+    if "unseen_photos" in checks:
+        unseen = checks["unseen_photos"]
+        bpp, psnr = unseen["real_bpp_by_quality"], unseen["psnr_by_quality"]
+        lines.append(
+            f"for scale, not checked: photos unlike the training ones ({', '.join(unseen['names'])}) "
+            f"{bpp[0]:.4f} -> {bpp[-1]:.4f} bpp, {psnr[0]:.2f} -> {psnr[-1]:.2f} dB"
+        )
     return lines
 
 
-def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
+def write_report(runs_dir: Path, run_name: str, overrides: list[str]) -> Path:
     from lightning_modules.evaluation.rate_distortion import PerImageLog, evaluate
 
     report = runs_dir / run_name / "report"
-    held_out = write_held_out(report / "held_out", image_size)
+    data = stage_config("3", runs_dir, run_name, overrides).data.train_files
+    side = int(data.held_out_side)
+    held_out = write_crops(report / "held_out", held_out_crops(list(data.names), side))
     model_file = stage_output(runs_dir, run_name, "3")
     model_data = load_model_file(model_file)
     selected_beta_rate = [float(b) for b in model_data.quality_table["beta_rate"]]
@@ -301,6 +326,11 @@ def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
         reference_dataset="kodak",
     )
     summary.to_csv(report / "rd.csv", index=False)
+    unseen = write_crops(report / "unseen_photos", unseen_crops(side))
+    unseen_summary = evaluate(
+        model_file, unseen, report / "evaluation_unseen_photos", suite, qualities, model_name="dcvic demo"
+    )
+    unseen_summary.to_csv(report / "rd_unseen_photos.csv", index=False)
     for plot in eval_dir.glob("rd_*.png"):
         shutil.copy(plot, report / plot.name)
     # The file keeps the rows of earlier models too (a rerun from a later stage): label the grid with this one's.
@@ -311,7 +341,8 @@ def write_report(runs_dir: Path, run_name: str, image_size: int) -> Path:
         if logs.is_dir():
             shutil.copytree(logs, report / "tensorboard" / f"stage_{stage}", dirs_exist_ok=True)
     print(summary[["setting", "bpp", "PSNR", "MS-SSIM"]].to_string(index=False), flush=True)
-    checks = report_checks(summary, selected_beta_rate, vqgan_reconstruction_psnr(model_data.build_model(), held_out))
+    vqgan_psnr = vqgan_reconstruction_psnr(model_data.build_model(), held_out)
+    checks = report_checks(summary, selected_beta_rate, vqgan_psnr, unseen_summary)
     (report / "checks.json").write_text(json.dumps(checks, indent=2))
     for line in check_lines(checks):
         print(f"[demo] {line}", flush=True)
@@ -323,9 +354,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where the stage run folders go")
     parser.add_argument("--run-name", default="demo", help="name of this recipe run (a folder under --runs-dir)")
     parser.add_argument("--rerun-from", choices=STAGES, help="retrain this stage and every later one")
-    parser.add_argument(
-        "--image-size", type=int, default=384, help="side of the held-out photo crops (a file's fixed bytes weigh less)"
-    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to every stage")
     return parser.parse_args(argv)
 
@@ -344,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         extra = list(args.overrides)
         if stage == "2":
-            stage2 = stage2_config(runs_dir, args.run_name, extra)
+            stage2 = stage_config("2", runs_dir, args.run_name, extra)
             low, high = rate_range(stage2)
             targets, tolerance = stage2_targets(low, high, max_tolerance=float(stage2.stage2.search.tolerance))
             print(f"[demo] stage-1_3 rate range {low:.5f}..{high:.5f} bpp -> targets {targets}", flush=True)
@@ -364,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             run_stage(stage, runs_dir, args.run_name, [*extra, "++stage2.search.tolerance=1.0"])
         print(f"[demo] stage {stage} done after {time.time() - start:.0f} s", flush=True)
-    report = write_report(runs_dir, args.run_name, args.image_size)
+    report = write_report(runs_dir, args.run_name, list(args.overrides))
     print(f"[demo] finished in {time.time() - start:.0f} s; report:", flush=True)
     print(report)
     return 0

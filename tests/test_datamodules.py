@@ -11,7 +11,14 @@ import torch
 from PIL import Image
 
 from datamodules.image_datamodule import ImageDataModule, TrainingImages, ValidationImages
-from datamodules.image_files import folder_files, kodak_files, openimage_train_files, sample_files
+from datamodules.image_files import (
+    folder_files,
+    kodak_files,
+    openimage_train_files,
+    sample_files,
+    sample_photo,
+    split_off_held_out,
+)
 
 
 def write_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
@@ -47,6 +54,18 @@ def test_sample_set_uses_real_scikit_image_photos(tmp_path: Path) -> None:
     with Image.open(files[0]) as image:
         assert image.size == (512, 512) and image.mode == "RGB"
     assert sample_files(str(tmp_path), names=["astronaut"]) == files[:1]  # cached, not rewritten
+
+
+def test_held_out_split_keeps_the_strip_out_of_the_training_part(tmp_path: Path) -> None:
+    """The demo's held-out crops (design §4.7): no pixel of a crop is in the file every stage trains on."""
+    photo = sample_photo("coffee")
+    training_part, held_out = split_off_held_out(photo, 192)
+    assert training_part.shape == (400, 408, 3) and held_out.shape == (192, 192, 3)
+    assert np.array_equal(training_part, photo[:, :408]) and np.array_equal(held_out, photo[104:296, 408:])
+    (written,) = sample_files(str(tmp_path), names=["coffee"], held_out_side=192)
+    assert np.array_equal(np.asarray(Image.open(written)), training_part)
+    with pytest.raises(ValueError, match="at most 300"):
+        split_off_held_out(photo, 301)  # more than half the width would leave less to train on than to test
 
 
 def test_training_crops_pad_small_images_and_span_signed_range(tmp_path: Path) -> None:

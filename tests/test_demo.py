@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from datamodules.image_files import SAMPLE_TRAIN, sample_photo
 from entrypoints import demo
+from lightning_modules.images import read_rgb
 
 MINIATURE = [
     "demo_iterations.stage_0=30",
@@ -23,7 +26,7 @@ MINIATURE = [
 
 @pytest.mark.slow
 def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
-    args = ["--runs-dir", str(tmp_path), "--image-size", "96", *MINIATURE]
+    args = ["--runs-dir", str(tmp_path), *MINIATURE, "held_out_side=96"]
     assert demo.main(args) == 0
     report = tmp_path / "demo" / "report"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(report)
@@ -41,7 +44,14 @@ def test_miniature_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert checks["min_psnr_db"] == pytest.approx(rd["PSNR"].min(), rel=1e-12)
     assert checks["psnr_gain_db"] == pytest.approx(rd["PSNR"].iloc[-1] - rd["PSNR"].iloc[0], rel=1e-9)
     assert {"bpp_ratio_met", "psnr_gain_met", "selection_monotone", "vqgan_reconstruction_psnr_db"} <= checks.keys()
-    assert len(list((report / "evaluation" / "bitstreams" / "q0").glob("*.dcvic"))) == len(demo.HELD_OUT)
+    held_out = sorted((report / "held_out").glob("*.png"))
+    assert [path.stem for path in held_out] == sorted(SAMPLE_TRAIN)  # one crop per training photo, 96² each
+    assert all(read_rgb(path).shape == (96, 96, 3) for path in held_out)
+    assert len(list((report / "evaluation" / "bitstreams" / "q0").glob("*.dcvic"))) == len(SAMPLE_TRAIN)
+    training_parts = Path(demo.stage_config("1_1", tmp_path, "demo", args[2:]).training_parts_dir)
+    for crop in held_out:  # every stage trained on the photo without the strip its held-out crop comes from
+        photo = sample_photo(crop.stem)
+        assert read_rgb(demo.REPO / training_parts / crop.name).shape == (photo.shape[0], photo.shape[1] - 96, 3)
 
     model_time = demo.stage_output(tmp_path, "demo", "3").stat().st_mtime
     assert demo.main(args) == 0  # second run: every stage reused, only the report is redone
@@ -72,10 +82,34 @@ def test_report_checks_flag_a_rate_that_does_not_rise_and_a_low_psnr():
     assert "selection_monotone" not in demo.report_checks(pd.DataFrame({"bpp": [0.03], "PSNR": [18.0]}))
 
 
+def test_unseen_photos_are_recorded_for_scale_and_decide_no_check():
+    held_out = pd.DataFrame({"bpp": [0.03, 0.06], "PSNR": [18.0, 19.5]})
+    unseen = pd.DataFrame({"bpp": [0.04, 0.05], "PSNR": [13.0, 13.1]})  # below the threshold, a flat gain
+    checks = demo.report_checks(held_out, [2.0, 0.5], unseen_summary=unseen)
+    assert checks["unseen_photos"] == {
+        "names": list(demo.UNSEEN_PHOTOS),
+        "real_bpp_by_quality": [0.04, 0.05],
+        "psnr_by_quality": [13.0, 13.1],
+    }
+    assert checks["psnr_above_threshold"] and checks["psnr_gain_met"] and checks["bpp_ratio_met"]
+    last = demo.check_lines(checks)[-1]
+    assert last.startswith("for scale, not checked") and "13.00 -> 13.10 dB" in last and "NO" not in last
+
+
+def test_unseen_crops_are_centre_crops_of_photos_the_demo_never_trains_on():
+    assert not set(demo.UNSEEN_PHOTOS) & set(SAMPLE_TRAIN)
+    crops = demo.unseen_crops(64)
+    assert list(crops) == list(demo.UNSEEN_PHOTOS) and all(crop.shape == (64, 64, 3) for crop in crops.values())
+    retina = sample_photo("retina")
+    assert np.array_equal(crops["retina"], retina[673:737, 673:737])
+
+
 def test_the_detail_window_is_the_originals_busiest_region():
     """reconstructions.png enlarges one window per image, chosen from the original alone: its most textured part."""
     rng = np.random.default_rng(0)
-    image = np.full((384, 384, 3), 90, dtype=np.uint8)
-    image[224:352, 64:192] = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)  # texture on a flat ground
-    assert demo.busiest_window(image) == (224, 64)
-    assert demo.busiest_window(image[:96, :96], side=96) == (0, 0)  # an image no larger than the window
+    side = demo.DETAIL_SIDE
+    image = np.full((192, 192, 3), 90, dtype=np.uint8)  # a held-out crop's size
+    top, left = side // 4, 3 * side // 4  # on the window grid
+    image[top : top + side, left : left + side] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)  # texture
+    assert demo.busiest_window(image) == (top, left)
+    assert demo.busiest_window(image[:64, :64], side=64) == (0, 0)  # an image no larger than the window
