@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.image_files import centre_crop  # noqa: E402
 from lightning_modules.codec.image_codec import DCVICCodec, resolve_conditioning  # noqa: E402
 from lightning_modules.codec.rate_control import RateTarget, compress_to_target, realism_beta_vq  # noqa: E402
 from lightning_modules.images import image_to_tensor  # noqa: E402
@@ -44,11 +45,6 @@ TOLERANCE = 0.01
 RULE = "below"
 REALISM = "balanced"
 FIXED_BETA_RATE = 1.5
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return np.ascontiguousarray(image[top : top + size, left : left + size, :3])
 
 
 def real_bpp(codec: DCVICCodec, x: torch.Tensor, beta_rate: float, beta_vq: float) -> tuple[float, float]:
@@ -96,7 +92,10 @@ def bench_image(codec: DCVICCodec, name: str, image: np.ndarray, beta_vq: float)
 
 def bench_model(codec: DCVICCodec, label: str, source: str, size: int, beta_vq: float) -> dict:
     print(f"{label} ({source})", flush=True)
-    images = [bench_image(codec, name, centre_crop(load(), size), beta_vq) for name, load in PHOTOS.items()]
+    images = [
+        bench_image(codec, name, np.ascontiguousarray(centre_crop(load()[..., :3], size)), beta_vq)
+        for name, load in PHOTOS.items()
+    ]
     rows = [row for image in images for row in image["targets"]]
     return {
         "source": source,

@@ -84,8 +84,7 @@ def split_off_held_out(image: np.ndarray, side: int) -> tuple[np.ndarray, np.nda
     height, width = image.shape[:2]
     if not 0 < side <= min(height, width // 2):
         raise ValueError(f"held-out side {side} must be positive and at most {min(height, width // 2)} here")
-    top = (height - side) // 2
-    return image[:, : width - side], image[top : top + side, width - side :]
+    return image[:, : width - side], centre_crop(image[:, width - side :], side)
 
 
 def sample_files(cache_dir: str, names: Sequence[str] = SAMPLE_TRAIN, held_out_side: int = 0) -> list[Path]:

@@ -57,7 +57,7 @@ def test_sample_set_uses_real_scikit_image_photos(tmp_path: Path) -> None:
 
 
 def test_held_out_split_keeps_the_strip_out_of_the_training_part(tmp_path: Path) -> None:
-    """The demo's held-out crops (design §4.7): no pixel of a crop is in the file every stage trains on."""
+    """The demo's held-out crops (design §4.1): no pixel of a crop is in the file every stage trains on."""
     photo = sample_photo("coffee")
     training_part, held_out = split_off_held_out(photo, 192)
     assert training_part.shape == (400, 408, 3) and held_out.shape == (192, 192, 3)
